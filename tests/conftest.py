@@ -1,0 +1,26 @@
+"""Shared fixtures: float64 on, and the path to ../shared (skipped with a reason when absent)."""
+from __future__ import annotations
+
+import os
+import pathlib
+
+import jax
+import pytest
+
+jax.config.update("jax_enable_x64", True)
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED = pathlib.Path(os.environ.get("DCCA_SHARED", ROOT.parent / "shared"))
+
+
+def shared_path(*parts: str) -> pathlib.Path:
+    """Path inside ../shared, or pytest.skip with the reason when it is absent."""
+    p = SHARED.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"shared data not found at {p} (set DCCA_SHARED or place ../shared beside the repo)")
+    return p
+
+
+@pytest.fixture
+def shared_dir() -> pathlib.Path:
+    return shared_path()
