@@ -63,7 +63,7 @@ def top_n_indicator(scores_or_indices: ArrayLike, *, n: int | None = None, n_wor
 
     Args:
       scores_or_indices: either scores (n_images, V) (float; the ``n`` highest of each row are recommended, ties
-        broken towards the lower index) or integer tag indices (n_images, n) of the recommended tags.
+        broken towards the lower index, never a tag scored -inf, so a row may get fewer than n) or integer tag indices (n_images, n) of the recommended tags.
       n: number of tags to recommend from scores (required with scores).
       n_words: vocabulary size V (required with indices).
 
@@ -80,9 +80,10 @@ def top_n_indicator(scores_or_indices: ArrayLike, *, n: int | None = None, n_wor
         return jnp.zeros((a.shape[0], n_words), jnp.result_type(float)).at[rows, a].set(1.0)
     if n is None or not 0 < n <= a.shape[1]:
         raise ValueError(f"scores {a.shape} need 0 < n <= {a.shape[1]}, got n={n}")
-    _, idx = jax.lax.top_k(a, n)
+    val, idx = jax.lax.top_k(a, n)
     rows = jnp.arange(a.shape[0])[:, None]
-    return jnp.zeros(a.shape, jnp.result_type(float)).at[rows, idx].set(1.0)
+    # a score of -inf marks a tag that may not be recommended (e.g. JEC's greedy transfer ran out of candidates)
+    return jnp.zeros(a.shape, jnp.result_type(float)).at[rows, idx].set((val > -jnp.inf).astype(float))
 
 
 def per_image_metrics(predicted: ArrayLike, truth: ArrayLike) -> dict[str, jax.Array]:

@@ -97,3 +97,8 @@ def test_paired_bootstrap_intervals():
         full = float(metrics.evaluate(good, truth)[k] - metrics.evaluate(bad, truth)[k])
         np.testing.assert_allclose(v["diff"], full)
         assert 0 < v["low"] <= v["diff"] <= v["high"] and v["p_le_0"] == 0.0
+
+
+def test_top_n_skips_minus_infinity():
+    s = np.array([[0.3, -np.inf, 0.1, -np.inf], [1.0, 2.0, 3.0, 4.0]])
+    np.testing.assert_array_equal(metrics.top_n_indicator(s, n=3), [[1, 0, 1, 0], [0, 1, 1, 1]])
