@@ -39,6 +39,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from dcca_jax import metrics
+from dcca_jax.base import paired_correlations
 
 TRANSFER_METHODS = ("knn", "2pknn", "tag_ranking")
 VOTE_WEIGHTS = ("similarity", "uniform", "exp")
@@ -372,8 +373,9 @@ def recommend_from_model(model: Any, query_v: ArrayLike, *, train_v: ArrayLike, 
                          tag_s: ArrayLike | None = None) -> tuple[jax.Array, jax.Array]:
     """Recommend tags with any fitted correlation model (``transform(x_v, x_s) -> (z_v, z_s)``).
 
-    The directions' correlations used by ``corr_power`` are the paired correlations of the training
-    projections (for linear CCA, its canonical correlations).
+    The directions' correlations used by ``corr_power`` are the model's ``correlations`` attribute when it has
+    one (linear CCA: its training canonical correlations), else the paired correlations of the training
+    projections.
 
     Args:
       model: a fitted :class:`dcca_jax.base.CorrelationModel` (CCA, KCCA, DCCA).
@@ -390,17 +392,14 @@ def recommend_from_model(model: Any, query_v: ArrayLike, *, train_v: ArrayLike, 
     c = dict(transfer_config()) | dict(config)
     zq, _ = model.transform(x_v=query_v)
     zv, zs = model.transform(x_v=train_v, x_s=train_s)
-    items = zv if c["against"] == "visual" else zs
     if c["against"] not in ("visual", "semantic"):
         raise ValueError(f"against must be 'visual' or 'semantic', got {c['against']!r}")
-    corr = _paired_correlations(zv, zs) if c["corr_power"] else None
-    tag_z = model.transform(x_s=tag_s)[1] if tag_s is not None else None
+    items = zv if c["against"] == "visual" else zs
+    corr = None
+    if c["corr_power"]:
+        corr = getattr(model, "correlations", None)
+        corr = paired_correlations(zv, zs) if corr is None else corr
+    tag_z = model.transform(x_s=tag_s)[1] if c["method"] == "tag_ranking" and tag_s is not None else None
     scores = transfer_scores(zq, items, train_labels, config=c, correlations=corr, tag_z=tag_z)
     return recommend_top_n(scores, n=int(c["n_tags"])), scores
-
-
-def _paired_correlations(a: jax.Array, b: jax.Array) -> jax.Array:
-    a = a - a.mean(0)
-    b = b - b.mean(0)
-    return (a * b).sum(0) / jnp.sqrt((a * a).sum(0) * (b * b).sum(0))
 
