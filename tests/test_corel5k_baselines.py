@@ -97,6 +97,8 @@ def test_study_runs_on_tiny_corel5k_layout(tmp_path):
     np.put_along_axis(pred, np.argsort(-votes, axis=1, kind="stable")[:, :3], 1, axis=1)
     assert res["methods"]["raw_knn"]["test"] == pytest.approx(metrics.to_python(metrics.evaluate(pred, y_te)))
     assert (tmp_path / "jec.npz").exists()
+    ccs = res["methods"]["general_cca"]["correlation_score_curve"]
+    assert 0 < ccs["test"][1] <= ccs["train"][1] <= 1.0 + 1e-9
 
 
 def test_load_corel5k_labels_real_split():

@@ -32,6 +32,7 @@ import scipy.io
 from absl import logging
 
 from dcca_jax import metrics, recommend
+from dcca_jax.base import correlation_score_curve
 from dcca_jax.baselines import cca_knn, general_cca, jec
 
 # general CCA transfer variants ("general_cca+<variant>") -> their grid in config.transfer_grids
@@ -91,12 +92,24 @@ def wait_for_file(path: str | os.PathLike, *, timeout_s: float, poll_s: float = 
     return path
 
 
-def load_features(config: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarray]:
-    """(train (4500, d), test (499, d)) visual features from ``config.features_path`` (arrays train, test)."""
+def load_features(config: ml_collections.ConfigDict, data: Corel5kLabels) -> tuple[np.ndarray, np.ndarray]:
+    """(train (4500, d), test (499, d)) visual features from ``config.features_path`` (arrays train, test).
+
+    When the file also holds ``train_ids`` / ``test_ids``, they must equal the list files' order.
+    """
     if config.get("features_ready"):
         wait_for_file(config.features_ready, timeout_s=config.wait_features_s)
-    with np.load(wait_for_file(config.features_path, timeout_s=config.wait_features_s)) as z:
-        return np.asarray(z["train"], np.float64), np.asarray(z["test"], np.float64)
+    path = wait_for_file(config.features_path, timeout_s=config.wait_features_s)
+    with np.load(path) as z:
+        for key, ids in (("train_ids", data.train_ids), ("test_ids", data.test_ids)):
+            if key in z.files and [str(i) for i in z[key]] != list(ids):
+                raise ValueError(f"{path}: {key} differ from the order of the Corel5k list files; re-extract the "
+                                 "features in list-file order")
+        xtr, xte = np.asarray(z["train"], np.float64), np.asarray(z["test"], np.float64)
+    if xtr.shape[0] != len(data.train_ids) or xte.shape[0] != len(data.test_ids) or xtr.shape[1] != xte.shape[1]:
+        raise ValueError(f"{path}: features train {xtr.shape} / test {xte.shape} do not match the "
+                         f"{len(data.train_ids)} / {len(data.test_ids)} images of the split")
+    return xtr, xte
 
 
 def _grid(spec: dict[str, Iterable[Any]] | ml_collections.ConfigDict) -> list[dict[str, Any]]:
@@ -160,6 +173,15 @@ class _SpaceCache:
                                               train_s=self.semantic(self.split.y_fit),
                                               train_labels=self.split.y_fit, config=transfer, tag_s=tag_s)
         return np.asarray(s)
+
+
+def _ccs(model, x_tr, s_tr, x_te, s_te, tops=(1, 5, 10, 20)) -> dict[str, dict[int, float]]:
+    """Table 1's cross-modal correlation score (top-1..20 running sums) on training and test data."""
+    out = {}
+    for split, (x, s) in (("train", (x_tr, s_tr)), ("test", (x_te, s_te))):
+        curve = np.asarray(correlation_score_curve(*model.transform(x_v=x, x_s=s)))
+        out[split] = {t: float(curve[t - 1]) for t in tops if t <= len(curve)}
+    return out
 
 
 def _space_keys():
@@ -230,10 +252,7 @@ def run_corel5k_baselines(config: ml_collections.ConfigDict, workdir: str | os.P
 
     needs_cnn = [m for m in methods if m not in ("most_frequent", "jec")]
     if needs_cnn:
-        xtr, xte = load_features(config)
-        if xtr.shape[0] != len(y_tr) or xte.shape[0] != len(y_te):
-            raise ValueError(f"features train {xtr.shape} / test {xte.shape} do not match the {len(y_tr)} / "
-                             f"{len(y_te)} images of the split in {config.data_dir}")
+        xtr, xte = load_features(config, data)
         val_split = _Split(xtr[fit_idx], y_tr[fit_idx], xtr[val_idx], y_tr[val_idx])
         full_split = _Split(xtr, y_tr, xte, y_te)
         eye = np.eye(len(data.words))
@@ -284,10 +303,12 @@ def run_corel5k_baselines(config: ml_collections.ConfigDict, workdir: str | os.P
                     hp, val_m, n_c = _select(name, cands, lambda c: cache.scores(*split_hp(c), eye), val_split,
                                              n_tags=n_tags, select_metric=sel)
                 s_hp, t_hp = split_hp(hp)
+                extra = {"transfer": {k: t_hp[k] for k in ("method", "k", "k1", "weighting", "temperature",
+                                                            "freq_power", "corr_power", "against")}}
+                if variant == "knn":
+                    extra["correlation_score_curve"] = _ccs(full_cache.model(**s_hp), xtr, y_tr, xte, y_te)
                 record(name, hp, val_m, n_c, full_cache.scores(s_hp, t_hp, eye),
-                       time.time() - t0 + (stage1_s if variant == "knn" else 0.0),
-                       {"transfer": {k: t_hp[k] for k in ("method", "k", "k1", "weighting", "temperature",
-                                                           "freq_power", "corr_power", "against")}})
+                       time.time() - t0 + (stage1_s if variant == "knn" else 0.0), extra)
 
         # ------------------------------------------------------------ CCA-KNN (word2vec semantic view)
         if "cca_knn" in methods:
@@ -360,6 +381,11 @@ def results_markdown(results: dict[str, Any], *, reference: str) -> str:
             f"{t['per_word/N+']} | {t['per_image/AP']:.3f} | {t['per_image/AR']:.3f} | {t['per_image/AF']:.3f} | "
             f"{ci('per_word/F1')} | {ci('per_image/AF')} | {hp} |")
     for name, r in results["methods"].items():
+        if "correlation_score_curve" in r:
+            c = r["correlation_score_curve"]
+            lines += ["", f"{name}: cross-modal correlation score (top-1/5/10/20) train "
+                      + " / ".join(f"{v:.3f}" for v in c["train"].values()) + ", test "
+                      + " / ".join(f"{v:.3f}" for v in c["test"].values())]
         if "word2vec_seeds" in r:
             w = r["word2vec_seeds"]
             lines += ["", f"{name} over word2vec seeds {w['seeds']} (each seed selected on validation): "
