@@ -59,6 +59,8 @@ def _tiny_config(root: pathlib.Path):
     c.transfer_grids.freq = {"k": [5], "freq_power": [0.5]}
     c.transfer_grids.two_pass = {"method": ["2pknn"], "weighting": ["exp"], "k1": [1, 2], "temperature": [0.1]}
     c.transfer_grids.corr_power = {"k": [5], "corr_power": [2.0]}
+    c.transfer_grids.two_pass_freq = {"method": ["2pknn"], "weighting": ["exp"], "k1": [1], "temperature": [0.1],
+                                      "freq_power": [0.25], "against": ["semantic"]}
     c.cca_knn.seeds = [0, 1]
     c.cca_knn.w2v_dim = 6
     c.cca_knn.w2v_epochs = 5

@@ -36,8 +36,8 @@ from dcca_jax.base import correlation_score_curve
 from dcca_jax.baselines import cca_knn, general_cca, jec
 
 # general CCA transfer variants ("general_cca+<variant>") -> their grid in config.transfer_grids
-TRANSFER_VARIANTS = {"knn": "knn", "freq": "freq", "2pknn": "two_pass", "corr_power": "corr_power",
-                     "tag_ranking": "tag_ranking"}
+TRANSFER_VARIANTS = {"knn": "knn", "freq": "freq", "2pknn": "two_pass", "2pknn_freq": "two_pass_freq",
+                     "corr_power": "corr_power", "tag_ranking": "tag_ranking"}
 
 
 @dataclasses.dataclass(frozen=True)
