@@ -18,6 +18,7 @@ Entry point: :func:`run_corel5k_baselines` (``experiments/corel5k_baselines.py``
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import json
 import os
@@ -110,6 +111,12 @@ def load_features(config: ml_collections.ConfigDict, data: Corel5kLabels) -> tup
         raise ValueError(f"{path}: features train {xtr.shape} / test {xte.shape} do not match the "
                          f"{len(data.train_ids)} / {len(data.test_ids)} images of the split")
     return xtr, xte
+
+
+def _sha256(path: str | os.PathLike) -> str | None:
+    """Content hash of a file (features are shared artifacts that can be rewritten between runs)."""
+    p = pathlib.Path(path)
+    return hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
 
 
 def _grid(spec: dict[str, Iterable[Any]] | ml_collections.ConfigDict) -> list[dict[str, Any]]:
@@ -213,7 +220,8 @@ def run_corel5k_baselines(config: ml_collections.ConfigDict, workdir: str | os.P
     results: dict[str, Any] = {"protocol": {
         "split": f"{len(fit_idx)}/{len(val_idx)} validation split of the {len(y_tr)} training images "
                  f"(seed {config.seed}); test {len(y_te)} images used once per method",
-        "select_metric": sel, "n_tags": n_tags, "features": str(config.features_path)}, "methods": {}}
+        "select_metric": sel, "n_tags": n_tags, "features": str(config.features_path),
+        "features_sha256": _sha256(config.features_path)}, "methods": {}}
     test_preds: dict[str, np.ndarray] = {}
 
     def record(name, hp, val_m, n_cand, test_scores, seconds, extra=None):
