@@ -220,8 +220,7 @@ def run_corel5k_baselines(config: ml_collections.ConfigDict, workdir: str | os.P
     results: dict[str, Any] = {"protocol": {
         "split": f"{len(fit_idx)}/{len(val_idx)} validation split of the {len(y_tr)} training images "
                  f"(seed {config.seed}); test {len(y_te)} images used once per method",
-        "select_metric": sel, "n_tags": n_tags, "features": str(config.features_path),
-        "features_sha256": _sha256(config.features_path)}, "methods": {}}
+        "select_metric": sel, "n_tags": n_tags, "features": str(config.features_path)}, "methods": {}}
     test_preds: dict[str, np.ndarray] = {}
 
     def record(name, hp, val_m, n_cand, test_scores, seconds, extra=None):
@@ -261,6 +260,7 @@ def run_corel5k_baselines(config: ml_collections.ConfigDict, workdir: str | os.P
     needs_cnn = [m for m in methods if m not in ("most_frequent", "jec")]
     if needs_cnn:
         xtr, xte = load_features(config, data)
+        results["protocol"]["features_sha256"] = _sha256(config.features_path)
         val_split = _Split(xtr[fit_idx], y_tr[fit_idx], xtr[val_idx], y_tr[val_idx])
         full_split = _Split(xtr, y_tr, xte, y_te)
         eye = np.eye(len(data.words))
