@@ -31,7 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.jec = ml_collections.ConfigDict({"k": [3, 5, 10]})
     c.raw_knn = ml_collections.ConfigDict({"k": [5, 10, 20]})
     c.general_cca = ml_collections.ConfigDict({
-        "pca_dims": [0, 300], "ridge_v": [0.01, 0.1, 1.0], "ridge_s": [0.01, 0.1], "n_components": [50, 100, 150]})
+        "pca_dims": [0, 300], "ridge_v": [0.1, 1.0], "ridge_s": [1e-3, 1e-2, 0.1], "n_components": [50, 100, 150]})
     c.transfer_grids = ml_collections.ConfigDict({
         "knn": {"k": [5, 10, 20], "against": ["visual", "semantic"]},
         "freq": {"k": [10, 20, 40], "freq_power": [0.25, 0.5, 0.75], "against": ["visual", "semantic"]},
@@ -44,7 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
     })
     c.cca_knn = ml_collections.ConfigDict({
         "seeds": [0, 1, 2], "w2v_dim": 100, "w2v_window": 5, "w2v_epochs": 50,
-        "pca_dims": [0, 300], "ridge_v": [0.1, 1.0], "ridge_s": [1e-2], "n_components": [50, 100],
+        "pca_dims": [0, 300], "ridge_v": [0.1], "ridge_s": [1e-3, 1e-2], "n_components": [50, 100],
         "transfer": {"k": [5, 10, 20], "corr_power": [0.0, 2.0, 4.0]},
     })
     return c
