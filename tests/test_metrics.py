@@ -91,7 +91,7 @@ def test_paired_bootstrap_intervals():
     good = np.clip(truth * (rng.random((200, 20)) < 0.8) + 0 * noise, 0, 1)
     bad = noise
     same = metrics.paired_bootstrap(good, good, truth, n_resamples=200)
-    assert same["per_word/F1"] == {"diff": 0.0, "low": 0.0, "high": 0.0, "p_le_0": 1.0}
+    assert same["per_word/F1"] == {"diff": 0.0, "low": 0.0, "high": 0.0, "p_le_0": 1.0, "boot_mean": 0.0}
     res = metrics.paired_bootstrap(good, bad, truth, n_resamples=200, keys=("per_image/AF", "per_word/F1"))
     for k, v in res.items():
         full = float(metrics.evaluate(good, truth)[k] - metrics.evaluate(bad, truth)[k])
