@@ -231,8 +231,21 @@ def reconstruction_metrics(x, x_hat, *, mean) -> dict[str, float]:
     return {"mse": sse / x.size, "variance_retained": 1.0 - sse / sst, "sse": sse, "sst": sst}
 
 
+def principal_axes(x_centred, *, n_components: int) -> np.ndarray:
+    """Top principal axes ``(n_components, d)`` of centred rows, from the eigendecomposition of ``X^T X``.
+
+    ``eigh`` of the ``d x d`` scatter matrix is much cheaper than an SVD of the ``n x d`` data when n >> d
+    (4,500 x 1,280 Corel5k features: a fraction of a second against tens of seconds on a busy 2-core machine).
+    """
+    x = np.asarray(x_centred, np.float64)
+    if not 1 <= n_components <= min(x.shape):
+        raise ValueError(f"n_components must be in [1, min(n, d) = {min(x.shape)}], got {n_components}")
+    evals, evecs = np.linalg.eigh(x.T @ x)
+    return evecs[:, ::-1][:, :n_components].T
+
+
 def pca_reconstruction(x_train, x_eval, *, n_components: int) -> np.ndarray:
-    """Reconstruction of ``x_eval`` from the top ``n_components`` principal axes of ``x_train`` (numpy SVD).
+    """Reconstruction of ``x_eval`` from the top ``n_components`` principal axes of ``x_train``.
 
     Args:
         x_train: ``(n, d)`` rows that define the mean and axes.
@@ -244,8 +257,7 @@ def pca_reconstruction(x_train, x_eval, *, n_components: int) -> np.ndarray:
     """
     x_train, x_eval = np.asarray(x_train, np.float64), np.asarray(x_eval, np.float64)
     mu = x_train.mean(0)
-    _, _, vt = np.linalg.svd(x_train - mu, full_matrices=False)
-    v = vt[:n_components].T
+    v = principal_axes(x_train - mu, n_components=n_components).T
     return mu + (x_eval - mu) @ v @ v.T
 
 
@@ -348,8 +360,7 @@ def fit_autoencoder(x_train, *, config: ml_collections.ConfigDict | None = None,
         if config.code_dim > min(n, d):
             raise ValueError(f"code_dim {config.code_dim} exceeds min(n, d) = {min(n, d)}: PCA cannot provide "
                              "that many axes")
-        _, _, vt = np.linalg.svd(np.asarray(xt, np.float64), full_matrices=False)  # xt is centred
-        axes = vt[:config.code_dim]
+        axes = principal_axes(np.asarray(xt, np.float64), n_components=config.code_dim)  # xt is centred
         params = {**params, "linear_enc": {"kernel": jnp.asarray(axes.T)},
                   "linear_dec": {"kernel": jnp.asarray(axes)}}
     params = jax.tree_util.tree_map(lambda p: p.astype(dtype), params)
