@@ -63,6 +63,48 @@ def _fake_quant(x, scale, zero_point):
     return (q - zero_point) * scale
 
 
+def depthwise_conv_same(x: jax.Array, kernel: jax.Array, *, stride: int) -> jax.Array:
+    """Depthwise convolution with TensorFlow "SAME" padding as a sum of shifted, scaled copies.
+
+    XLA's CPU backend runs grouped convolutions with one channel per group far slower than this
+    formulation (about 4x on a 112x112x96 map), which it fuses into one elementwise loop.
+
+    Args:
+        x: ``(n, H, W, C)``.
+        kernel: ``(k, k, 1, C)`` (Flax HWIO with one input channel per group).
+        stride: spatial stride.
+
+    Returns:
+        ``(n, ceil(H / stride), ceil(W / stride), C)``.
+    """
+    k = kernel.shape[0]
+    h, w = x.shape[1:3]
+    oh, ow = -(-h // stride), -(-w // stride)
+    ph, pw = max((oh - 1) * stride + k - h, 0), max((ow - 1) * stride + k - w, 0)
+    xp = jnp.pad(x, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)))
+    out = None
+    for i in range(k):
+        for j in range(k):
+            tap = xp[:, i:i + (oh - 1) * stride + 1:stride, j:j + (ow - 1) * stride + 1:stride, :] * kernel[i, j, 0]
+            out = tap if out is None else out + tap
+    return out
+
+
+class _DepthwiseConv(nn.Module):
+    """Depthwise k x k convolution + bias; parameters laid out like ``nn.Conv(feature_group_count=C)``."""
+
+    features: int
+    kernel_size: int
+    stride: int = 1
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                            (self.kernel_size, self.kernel_size, 1, self.features), x.dtype)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), x.dtype)
+        return depthwise_conv_same(x, kernel, stride=self.stride) + bias
+
+
 class _QConv(nn.Module):
     """Convolution + bias (+ ReLU6), optionally re-quantising its output like the uint8 interpreter."""
 
@@ -75,8 +117,14 @@ class _QConv(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        x = nn.Conv(self.features, (self.kernel, self.kernel), strides=self.stride, padding="SAME",
-                    feature_group_count=self.groups, dtype=x.dtype, param_dtype=x.dtype, name="conv")(x)
+        if self.groups == 1:
+            x = nn.Conv(self.features, (self.kernel, self.kernel), strides=self.stride, padding="SAME",
+                        dtype=x.dtype, param_dtype=x.dtype, name="conv")(x)
+        elif self.groups == self.features == x.shape[-1]:
+            x = _DepthwiseConv(self.features, self.kernel, self.stride, name="conv")(x)
+        else:
+            raise ValueError(f"only plain (groups=1) and depthwise convolutions are supported, got groups="
+                             f"{self.groups} for {x.shape[-1]} -> {self.features} channels")
         if self.relu6:
             x = jnp.clip(x, 0.0, 6.0)
         if self.emulate_uint8:

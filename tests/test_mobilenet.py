@@ -117,3 +117,25 @@ def test_agrees_with_tflite_interpreter_on_corel5k(kernels):
         np.testing.assert_array_equal(top[decided], ref_probs.argmax(1)[decided])
         top3 = np.argsort(np.asarray(out["logits"]), 1)[:, -3:]
         assert all(r in t for r, t in zip(ref_probs.argmax(1), top3))
+
+
+@pytest.mark.parametrize("size,stride", [(7, 1), (8, 2), (9, 2), (6, 1)])
+def test_depthwise_same_padding_matches_numpy(size, stride):
+    rng = np.random.default_rng(size + stride)
+    x = rng.standard_normal((2, size, size + 1, 5))
+    k = rng.standard_normal((3, 3, 1, 5))
+    got = np.asarray(mobilenet.depthwise_conv_same(jnp.asarray(x), jnp.asarray(k), stride=stride))
+    # TensorFlow SAME: out = ceil(in / s), total pad = max((out - 1) s + k - in, 0), the smaller half first.
+    outs, pads = [], []
+    for n in (size, size + 1):
+        o = -(-n // stride)
+        t = max((o - 1) * stride + 3 - n, 0)
+        outs.append(o)
+        pads.append((t // 2, t - t // 2))
+    xp = np.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    want = np.zeros((2, outs[0], outs[1], 5))
+    for a in range(outs[0]):
+        for b in range(outs[1]):
+            win = xp[:, a * stride:a * stride + 3, b * stride:b * stride + 3, :]
+            want[:, a, b] = np.einsum("nijc,ijc->nc", win, k[:, :, 0])
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
