@@ -610,6 +610,7 @@ def _save_npy_atomic(path: pathlib.Path, array: np.ndarray) -> None:
     try:
         with open(tmp, "wb") as f:
             np.save(f, array)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
