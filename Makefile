@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: install
-	$(BIN)/python experiments/cca_demo.py --workdir=$(WORKDIR)
+	$(BIN)/python experiments/pipeline.py --config=experiments/configs/default.py --workdir=$(WORKDIR)
 
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_FLAGS)

@@ -77,6 +77,8 @@ __all__ = [
     "load_nus_wide",
     "load_features",
     "read_tags_tsv",
+    "LOADERS",
+    "load_dataset",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -712,3 +714,19 @@ def load_features(root: PathLike, *, name: str | None = None, label_key: str | N
         info["untagged"][split] = int(np.sum(labels.sum(axis=1) == 0))
         splits[split] = Split(split, tuple(ids), tags_from_labels(labels, vocab), labels, None, feats)
     return Dataset(name or root.name, vocab, splits["train"], splits["test"], root, info)
+
+
+LOADERS = {
+    "corel5k": load_corel5k,
+    "image_folder": load_image_folder,
+    "nus_wide": load_nus_wide,
+    "features": load_features,
+}
+
+
+def load_dataset(kind: str, root: PathLike, **kwargs: Any) -> Dataset:
+    """Dispatch to a loader by name (for configs): kind is one of ``LOADERS`` ("corel5k", "image_folder",
+    "nus_wide", "features"); keyword arguments go to that loader."""
+    if kind not in LOADERS:
+        raise ValueError(f"unknown dataset kind {kind!r}; expected one of {sorted(LOADERS)}.")
+    return LOADERS[kind](root, **kwargs)

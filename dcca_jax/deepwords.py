@@ -40,6 +40,8 @@ import json
 import logging
 import os
 import pathlib
+import tempfile
+import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -68,6 +70,7 @@ __all__ = [
     "fit_semantic_encoder",
     "SemanticView",
     "semantic_view",
+    "export_semantic_view",
 ]
 
 REPRESENTATIONS = ("deep_words", "bag_of_words", "mean_vectors")
@@ -599,3 +602,61 @@ def semantic_view(
         outs.append(m)
         reports.append(r)
     return SemanticView(outs[0], tuple(outs[1:]), enc, tuple(reports))
+
+
+def _save_npy_atomic(path: pathlib.Path, array: np.ndarray) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
+    os.close(fd)
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def export_semantic_view(
+    dataset, out_dir: str | os.PathLike, *, config: ml_collections.ConfigDict | None = None
+) -> dict[str, Any]:
+    """Fit the semantic view on ``dataset.train`` and write every split's matrix (an explicit I/O function).
+
+    Writes ``out_dir/semantic_<split>.npy`` ((n, dim), rows in the split's order), ``out_dir/semantic_encoder/``
+    (:meth:`SemanticEncoder.save`) and ``out_dir/semantic_report.json`` (dimensions, timings, TagReports, the
+    deep words' member tags).
+
+    Args:
+      dataset: a :class:`dcca_jax.datasets.Dataset` (its vocabulary gives the bag-of-words column order).
+      out_dir: destination folder (created).
+      config: see :func:`default_config`.
+
+    Returns:
+      The report dict that was written.
+    """
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = list(dataset.splits)
+    t0 = time.perf_counter()
+    view = semantic_view(
+        *[dataset.splits[n].tags for n in names], config=config, vocabulary=dataset.vocabulary, names=names
+    )
+    seconds = time.perf_counter() - t0
+    for name, m in zip(names, (view.train, *view.others)):
+        _save_npy_atomic(out / f"semantic_{name}.npy", np.asarray(m))
+    view.encoder.save(out / "semantic_encoder")
+    report: dict[str, Any] = {
+        "dataset": dataset.name,
+        "representation": view.encoder.config.representation,
+        "dim": view.encoder.dim,
+        "seconds": seconds,
+        "rows": {n: int(m.shape[0]) for n, m in zip(names, (view.train, *view.others))},
+        "reports": [r.to_dict() for r in view.reports],
+        "config": view.encoder.config.to_dict(),
+    }
+    if view.encoder.deep_words is not None:
+        dwv = view.encoder.deep_words
+        report["deep_words"] = [dwv.members(k) for k in range(dwv.n_clusters)]
+        report["kmeans_inertia"] = dwv.inertia
+    (out / "semantic_report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    return report

@@ -247,6 +247,7 @@ def save_word_vectors(path: str | os.PathLike, wv: WordVectors) -> pathlib.Path:
                 counts=wv.counts,
                 config=np.array(json.dumps(wv.config, sort_keys=True)),
             )
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

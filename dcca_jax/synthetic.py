@@ -324,6 +324,7 @@ def _write_atomic(path: pathlib.Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
         f.write(text)
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600; a dataset is meant to be shared
     os.replace(tmp, path)
 
 

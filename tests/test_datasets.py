@@ -242,3 +242,11 @@ def test_split_subset_and_validation():
     assert va.tags[0] == ("vwxyz"[i],)
     with pytest.raises(ValueError, match="empty part"):
         ds.train_validation_split(s, fraction=0.01, seed=0)
+
+
+def test_load_dataset_dispatch(tmp_path):
+    root = _folder(tmp_path, _TSV)
+    d = ds.load_dataset("image_folder", root, test_fraction=0.4, seed=3)
+    assert d.train.ids == ds.load_image_folder(root, test_fraction=0.4, seed=3).train.ids
+    with pytest.raises(ValueError, match="unknown dataset kind 'coco'"):
+        ds.load_dataset("coco", root)
