@@ -25,10 +25,8 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-# Truncated files must fail loudly, never be silently padded with grey.
-ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
