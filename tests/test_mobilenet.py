@@ -148,3 +148,22 @@ def test_depthwise_same_padding_matches_numpy(size, stride):
             win = xp[:, a * stride:a * stride + 3, b * stride:b * stride + 3, :]
             want[:, a, b] = np.einsum("nijc,ijc->nc", win, k[:, :, 0])
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_uint8_emulation_agrees_on_200_photos_through_extract():
+    """The production path (extract_features, uint8 emulation) against TFLite XNNPACK on 200 test photos."""
+    pytest.importorskip("ai_edge_litert")
+    from dcca_jax import extract
+
+    model_path = shared_path(*MODEL)
+    _, paths = images.read_list_file(shared_path("data", "corel5k", "corel5k_test_list.txt"))
+    paths = paths[:200]
+    cfg = extract.default_backbone_config()
+    cfg.mobilenet_v2.tflite_path = str(model_path)
+    res = extract.extract_features(paths, backbone=extract.build_backbone(cfg), batch_size=50)
+    assert res.ok.all()
+    ref, _ = _tflite_outputs(model_path, images.load_batch(paths).images, "xnnpack")
+    cos = np.sum(res.features * ref, 1) / np.linalg.norm(res.features, axis=1) / np.linalg.norm(ref, axis=1)
+    assert cos.min() >= 0.99, np.sort(cos)[:5]
