@@ -140,3 +140,11 @@ def test_workdir_of_another_job_is_refused(tmp_path):
                            workdir=str(tmp_path))
     longer = ae.fit_autoencoder(x, config=_small_config(max_epochs=2, hidden_sizes=(16,)), workdir=str(tmp_path))
     assert [h["epoch"] for h in longer.history] == [1, 2]
+
+
+def test_deterministic_for_a_seed():
+    x = _manifold(300, 4, d=8)
+    fits = [ae.fit_autoencoder(x, config=_small_config(max_epochs=3, hidden_sizes=(16,), seed=s)) for s in (0, 0, 1)]
+    leaves = [jax.tree_util.tree_leaves(f.params) for f in fits]
+    assert all(np.array_equal(a, b) for a, b in zip(leaves[0], leaves[1]))
+    assert not all(np.array_equal(a, b) for a, b in zip(leaves[0], leaves[2]))

@@ -75,3 +75,19 @@ def test_pipeline_on_generated_images(tmp_path):
 
     again = visual_view.build_visual_view(cfg, str(work))  # resumes: nothing recomputed
     assert again["splits"]["train"]["n_computed"] == 0 and again["splits"]["test"]["n_computed"] == 0
+
+
+def test_corel5k_config_is_consistent():
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "configs" / "extract_corel5k.py"
+    spec = importlib.util.spec_from_file_location("extract_corel5k", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cfg = mod.get_config()
+    default = visual_view.default_config()
+    assert set(cfg.keys()) == set(default.keys())  # no typo'd fields
+    assert cfg.model.backbone == "mobilenet_v2" and cfg.model.mobilenet_v2.tflite_path.endswith(".tflite")
+    assert cfg.data.root.endswith("corel5k") and cfg.autoencoder.code_dim == 300
+    assert cfg.autoencoder.architecture in autoencoder.ARCHITECTURES
