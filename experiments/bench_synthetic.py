@@ -30,6 +30,7 @@ _CACHE = flags.DEFINE_string("cache", "runs/cache", "Where MobileNetV2 features 
 _OUT = flags.DEFINE_string("out", "results/bench/synthetic.json", "JSON output (a .md is written beside).")
 _SEED = flags.DEFINE_integer("seed", 0, "Probe initialisation seed.")
 _N_IMAGES = flags.DEFINE_integer("n_images", 1200, "Images to generate when --data has none.")
+_NOISELESS = flags.DEFINE_bool("noiseless", False, "Generate with no label noise (missing, confusion, spurious = 0).")
 
 GROUPS = {
     "scene": synthetic.SCENES,
@@ -104,6 +105,8 @@ def main(argv):
         t0 = time.perf_counter()
         cfg = synthetic.default_config()
         cfg.n_images = _N_IMAGES.value
+        if _NOISELESS.value:
+            cfg.missing_rate = cfg.confusion_rate = cfg.noise_rate = 0.0
         synthetic.generate(data, config=cfg)
         gen_s = time.perf_counter() - t0
     d = datasets.load_image_folder(data)
