@@ -134,6 +134,7 @@ def test_nystrom_converges_to_exact():
         _abs_close(z_a, z_e, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_random_fourier_features_approach_exact():
     x_v, x_s = correlated_views(300, 6, 6, latent=3, nonlinear=True, seed=6)
     cfg = dict(n_components=3, bandwidth_v=3.0, bandwidth_s=3.0, ridge_v=1e-2, ridge_s=1e-2)
