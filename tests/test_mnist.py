@@ -6,6 +6,7 @@ from conftest import shared_path
 from dcca_jax import mnist
 
 
+@pytest.mark.slow
 def test_load_mnist_halves_splits_columns():
     path = shared_path("data", "mnist", "mnist.npz")
     d = mnist.load_mnist_halves(path)
