@@ -23,6 +23,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -52,6 +53,9 @@ __all__ = [
     "precision_policy",
     "cast_floating",
     "apply_with_policy",
+    "PrecisionTower",
+    "with_precision",
+    "data_parallel_dcca_step",
     "initialize_distributed",
     "process_slice",
     "allreduce_stats",
@@ -403,6 +407,60 @@ def apply_with_policy(apply_fn: Callable, params: Any, x: Any, policy: str | Pre
     policy = precision_policy(policy)
     out = apply_fn(cast_floating(params, policy.compute_dtype), cast_floating(x, policy.compute_dtype), **kwargs)
     return cast_floating(out, policy.output_dtype)
+
+
+class PrecisionTower(nn.Module):
+    """A tower run under a precision policy: its layers compute in their own ``dtype`` (set by
+    :func:`with_precision`) and the output is cast to ``output_dtype`` before any covariance.
+
+    Parameters live under the ``"tower"`` key of this module's ``params``.
+    """
+
+    tower: nn.Module
+    output_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        return self.tower(x, train=train).astype(self.output_dtype)
+
+
+def with_precision(tower: nn.Module, policy: str | PrecisionPolicy) -> nn.Module:
+    """A :mod:`dcca_jax.towers` module (any module with ``dtype``/``param_dtype`` fields) under ``policy``.
+
+    ``with_precision(tower, "bfloat16")``: matrix products in bf16, parameters and optimiser state in
+    float32, outputs cast to float32 so that Eq. 4's covariances, the whitening and the objective run in
+    float32. The identity for ``"float32"``/``"float64"`` policies apart from the dtypes.
+    """
+    policy = precision_policy(policy)
+    inner = tower.clone(dtype=policy.compute_dtype, param_dtype=policy.param_dtype, parent=None)
+    return PrecisionTower(inner, output_dtype=policy.output_dtype)
+
+
+def data_parallel_dcca_step(
+    tower_v: nn.Module,
+    tower_s: nn.Module,
+    config,
+    mesh: Mesh,
+    *,
+    policy: str | PrecisionPolicy | None = None,
+    axis_name: str = DATA_AXIS,
+) -> Callable:
+    """:func:`dcca_jax.dcca.make_train_step` split over the data axis of ``mesh``.
+
+    The global batch ``(x_v, x_s)`` (rows divisible by the number of data-parallel devices) is split
+    over devices; the DCCA loss, its gradients and (with batch norm) the batch statistics are those of
+    the global batch, as on one device. With ``policy`` the towers are wrapped by
+    :func:`with_precision` (their params then sit under ``"tower"``: initialise them from the wrapped
+    modules).
+
+    Returns:
+      ``step(state, batch, rng) -> (state, metrics)`` over a ``dcca_jax.dcca.DCCATrainState``.
+    """
+    from dcca_jax import dcca  # deferred: dcca is the heavier module and imports nothing from here
+
+    if policy is not None:
+        tower_v, tower_s = with_precision(tower_v, policy), with_precision(tower_s, policy)
+    return shard_train_step(dcca.make_train_step(tower_v, tower_s, config), mesh, axis_name=axis_name)
 
 
 # ------------------------------------------------------------------------------------- multi-host

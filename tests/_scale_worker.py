@@ -75,6 +75,34 @@ def init_state():
     return train_state.TrainState.create(apply_fn=None, params=two_tower_params(), tx=optax.sgd(LR))
 
 
+def dcca_setup(policy=None):
+    """DeepCCA's own towers and train step (batch norm and dropout on, so both see the global batch)."""
+    import jax
+    import jax.numpy as jnp
+
+    from dcca_jax import dcca
+    from dcca_jax.distributed import with_precision
+    from dcca_jax.towers import make_tower
+
+    cfg = dcca.default_dcca_config()
+    cfg.towers.update(visual_hidden=(16,), semantic_hidden=(16,), out_dim=O, batch_norm=True, dropout=0.1)
+    cfg.learning_rate = 1e-2
+    # float64 parameters without a policy, so the sharded/unsharded comparison is at float64 round-off.
+    kw = dict(hidden=(16,), out_dim=O, batch_norm=True, dropout=0.1, activation="sigmoid")
+    tv = make_tower(**kw, param_dtype=jnp.float64 if policy is None else jnp.float32)
+    ts = make_tower(**kw, param_dtype=jnp.float64 if policy is None else jnp.float32)
+    if policy is not None:
+        tv, ts = with_precision(tv, policy), with_precision(ts, policy)
+    x_v, x_s = data()
+    var_v = tv.init(jax.random.key(0), x_v[:2])
+    var_s = ts.init(jax.random.key(1), x_s[:2])
+    state = dcca.DCCATrainState.create(
+        apply_fn=None, params={"visual": var_v["params"], "semantic": var_s["params"]},
+        tx=dcca.make_optimizer(cfg), batch_stats={"visual": var_v["batch_stats"], "semantic": var_s["batch_stats"]},
+    )
+    return tv, ts, cfg, state
+
+
 def conv_params():
     import jax
 
@@ -132,6 +160,10 @@ def run_multidevice(out):
     )(dist.shard_batch(x_v, mesh), dist.shard_batch(x_s, mesh))
     extracted = dist.shard_batch_apply(conv_net, conv_params(), images(), mesh)
     extracted_blocks = dist.shard_batch_apply(conv_net, conv_params(), images(), mesh, per_device_batch=2)
+    tv, ts, cfg, dstate = dcca_setup()
+    dstep = dist.data_parallel_dcca_step(tv, ts, cfg, mesh)
+    dstate1, dmetrics1 = dstep(dstate, (x_v, x_s), rng)
+    dstate2, dmetrics2 = dstep(dstate1, (x_v, x_s), rng)
     ref_cov = view_covariances(x_v, x_s, ridge_v=1e-3, ridge_s=1e-3)
     np.savez(
         out,
@@ -144,6 +176,10 @@ def run_multidevice(out):
         cov_err=max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in zip(cov, ref_cov)),
         extracted=np.asarray(extracted),
         extracted_blocks=np.asarray(extracted_blocks),
+        dcca_loss=np.asarray([dmetrics1["loss"], dmetrics2["loss"]]),
+        dcca_grad_norm=np.asarray([dmetrics1["grad_norm"], dmetrics2["grad_norm"]]),
+        dcca_params2=_flat(dstate2.params),
+        dcca_stats2=_flat(dstate2.batch_stats),
         n_all_gather=hlo.count(" all-gather("),
         n_all_reduce=hlo.count(" all-reduce("),
         n_devices=len(jax.devices()),
