@@ -49,6 +49,8 @@ __all__ = [
     "shard_train_step",
     "make_train_step",
     "shard_batch_apply",
+    "sharded_apply",
+    "shard_backbone",
     "PrecisionPolicy",
     "precision_policy",
     "cast_floating",
@@ -351,6 +353,32 @@ def shard_batch_apply(
     if len(outs) == 1:
         return jax.tree.map(jnp.asarray, outs[0])
     return jax.tree.map(lambda *xs: jnp.asarray(np.concatenate(xs, axis=0)), *outs)
+
+
+def _call_without_params(fn, params, x):
+    del params
+    return fn(x)
+
+
+def sharded_apply(fn: Callable, mesh: Mesh, *, axis_name: str = DATA_AXIS, per_device_batch: int | None = None) -> Callable:
+    """``x -> fn(x)`` split over the devices of ``mesh``, for a per-example ``fn`` whose parameters are
+    closed over (e.g. ``dcca_jax.extract.Backbone.apply``). See :func:`shard_batch_apply`."""
+    call = functools.partial(_call_without_params, fn)  # built once: the compiled program is cached on it
+
+    def apply(x):
+        return shard_batch_apply(call, None, x, mesh, axis_name=axis_name, per_device_batch=per_device_batch)
+
+    return apply
+
+
+def shard_backbone(backbone, mesh: Mesh, *, axis_name: str = DATA_AXIS):
+    """A copy of a feature extractor (a dataclass with an ``apply`` field, such as
+    ``dcca_jax.extract.Backbone``) whose ``apply`` runs split over ``mesh``.
+
+    ``extract_features(paths, backbone=shard_backbone(build_backbone(cfg), mesh), batch_size=b)`` then
+    extracts on every device; choose ``b`` a multiple of the device count (other sizes are padded).
+    """
+    return dataclasses.replace(backbone, apply=sharded_apply(backbone.apply, mesh, axis_name=axis_name))
 
 
 # -------------------------------------------------------------------------------- mixed precision

@@ -3,7 +3,7 @@ r"""Cost against n: streaming linear CCA, approximate KCCA and DCCA epochs; peak
     PYTHONPATH=$PWD python experiments/bench_scale.py --out=results/bench/scale.json
 
 Each (workload, n) runs in a fresh child process (this script with --child), so its peak resident
-memory (``ru_maxrss``) is its own and compilation is excluded by a warm-up at the same shapes. The
+memory (``VmHWM``) is its own and compilation is excluded by a warm-up at the same shapes. The
 linear CCA data (n x (300 + 260) float32, 2.2 GB at n = 1M) is generated once into memory-mapped
 ``.npy`` files under --cache_dir and streamed from there: bounded memory whatever n. Writes JSON to
 --out and a Markdown table beside it (same name, ``.md``). ``os.getloadavg()`` is recorded around each
@@ -75,6 +75,15 @@ def ensure_views(cache: pathlib.Path, n: int, d_v: int, d_s: int, chunk: int = 5
 
 # -------------------------------------------------------------------------------------- children
 def _rss_mb() -> float:
+    # VmHWM: this program's own peak resident set. (ru_maxrss is inherited across fork + exec, so a
+    # child would report its parent's peak.)
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 

@@ -135,6 +135,8 @@ def _flat(tree):
 
 
 def run_multidevice(out):
+    import functools
+
     import jax
     import numpy as np
 
@@ -160,6 +162,7 @@ def run_multidevice(out):
     )(dist.shard_batch(x_v, mesh), dist.shard_batch(x_s, mesh))
     extracted = dist.shard_batch_apply(conv_net, conv_params(), images(), mesh)
     extracted_blocks = dist.shard_batch_apply(conv_net, conv_params(), images(), mesh, per_device_batch=2)
+    extracted_closure = dist.sharded_apply(functools.partial(conv_net, conv_params()), mesh)(images())
     tv, ts, cfg, dstate = dcca_setup()
     dstep = dist.data_parallel_dcca_step(tv, ts, cfg, mesh)
     dstate1, dmetrics1 = dstep(dstate, (x_v, x_s), rng)
@@ -176,6 +179,7 @@ def run_multidevice(out):
         cov_err=max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in zip(cov, ref_cov)),
         extracted=np.asarray(extracted),
         extracted_blocks=np.asarray(extracted_blocks),
+        extracted_closure=np.asarray(extracted_closure),
         dcca_loss=np.asarray([dmetrics1["loss"], dmetrics2["loss"]]),
         dcca_grad_norm=np.asarray([dmetrics1["grad_norm"], dmetrics2["grad_norm"]]),
         dcca_params2=_flat(dstate2.params),

@@ -112,6 +112,7 @@ def test_eight_devices_equal_one_device(tmp_path, single_device_reference, singl
     want = np.asarray(W.conv_net(W.conv_params(), jnp.asarray(W.images())))
     np.testing.assert_allclose(z["extracted"], want, atol=1e-12)
     np.testing.assert_allclose(z["extracted_blocks"], want, atol=1e-12)
+    np.testing.assert_allclose(z["extracted_closure"], want, atol=1e-12)
 
 
 def _free_port() -> int:
