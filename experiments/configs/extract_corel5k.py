@@ -1,0 +1,33 @@
+r"""Visual view of Corel5k: images -> MobileNetV2 (ImageNet, TFLite weights) 1280-d pre-logits -> AE 300-d codes.
+
+  python experiments/extract_features.py --config=experiments/configs/extract_corel5k.py --workdir=runs/visual
+
+Writes runs/visual/features_{train,test}.npy ((4500, 1280), (499, 1280)), codes_{train,test}.npy (300-d),
+summary.json (images/s, AE held-out MSE and variance retained, PCA-300 for reference). ../shared is found
+beside the repository (or at $DCCA_SHARED). A rerun resumes from the feature cache and the AE checkpoints.
+AlexNet instead (weights from a torchvision/Caffe-layout .npz or .safetensors, see BUILD.md):
+  --config.model.backbone=alexnet --config.model.alexnet.weights_path=/path/alexnet.npz
+"""
+import os
+
+import ml_collections
+
+from dcca_jax import visual_view
+
+SHARED = os.environ.get("DCCA_SHARED", "../shared")
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = visual_view.default_config()
+    c.data.root = os.path.join(SHARED, "data", "corel5k")
+    c.model.backbone = "mobilenet_v2"
+    c.model.mobilenet_v2.tflite_path = os.path.join(
+        SHARED, "models", "mobilenet_v2_1.0_224_quant", "mobilenet_v2_1.0_224_quant.tflite")
+    c.model.mobilenet_v2.emulate_uint8 = True
+    c.batch_size = 32
+    c.autoencoder.hidden_sizes = (1024,)
+    c.autoencoder.code_dim = 300
+    c.autoencoder.activation = "relu"
+    c.autoencoder.max_epochs = 300
+    c.autoencoder.patience = 20
+    return c
