@@ -35,6 +35,7 @@ from flax.training import train_state
 
 ACTIVATIONS = {"relu": nn.relu, "tanh": jnp.tanh, "sigmoid": nn.sigmoid, "gelu": nn.gelu, "elu": nn.elu,
                "softplus": nn.softplus}
+ARCHITECTURES = ("mlp", "pca_residual")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -43,6 +44,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.hidden_sizes = (1024,)
     c.code_dim = 300
     c.activation = "relu"
+    # "mlp": plain encoder/decoder. "pca_residual": a linear path initialised at the top code_dim principal
+    # axes of the training data plus the MLP, whose last layers start at zero, so training starts exactly
+    # at PCA and early stopping keeps the nonlinear part only where held-out error improves.
+    c.architecture = "mlp"
     c.normalise = "global"  # "global" (centre + one scale) or "per_feature" (z-scores)
     c.learning_rate = 1e-3
     c.weight_decay = 0.0
@@ -71,28 +76,40 @@ class AutoEncoder(nn.Module):
     hidden_sizes: Sequence[int] = (1024,)
     code_dim: int = 300
     activation: str = "relu"
+    architecture: str = "mlp"
 
     def setup(self):
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {self.activation!r}; choose one of {sorted(ACTIVATIONS)}")
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {self.architecture!r}; choose one of {ARCHITECTURES}")
+        residual = self.architecture == "pca_residual"
+        last_init = nn.initializers.zeros if residual else nn.initializers.lecun_normal()
         self.enc = [nn.Dense(h, name=f"enc_{i}") for i, h in enumerate(self.hidden_sizes)]
-        self.code = nn.Dense(self.code_dim, name="code")
+        self.code = nn.Dense(self.code_dim, kernel_init=last_init, name="code")
         self.dec = [nn.Dense(h, name=f"dec_{i}") for i, h in enumerate(reversed(self.hidden_sizes))]
-        self.out = nn.Dense(self.input_dim, name="out")
+        self.out = nn.Dense(self.input_dim, kernel_init=last_init, name="out")
+        if residual:
+            self.linear_enc = nn.Dense(self.code_dim, use_bias=False, name="linear_enc")
+            self.linear_dec = nn.Dense(self.input_dim, use_bias=False, name="linear_dec")
 
     def encode(self, x):
         """``(n, d) -> (n, code_dim)``."""
         act = ACTIVATIONS[self.activation]
+        h = x
         for layer in self.enc:
-            x = act(layer(x))
-        return self.code(x)
+            h = act(layer(h))
+        z = self.code(h)
+        return z + self.linear_enc(x) if self.architecture == "pca_residual" else z
 
     def decode(self, z):
         """``(n, code_dim) -> (n, d)``."""
         act = ACTIVATIONS[self.activation]
+        h = z
         for layer in self.dec:
-            z = act(layer(z))
-        return self.out(z)
+            h = act(layer(h))
+        x = self.out(h)
+        return x + self.linear_dec(z) if self.architecture == "pca_residual" else x
 
     def __call__(self, x, *, train: bool = False):
         """``(n, d) -> (reconstruction (n, d), code (n, code_dim))``."""
@@ -125,7 +142,8 @@ class TrainedAutoEncoder:
     @property
     def module(self) -> AutoEncoder:
         return AutoEncoder(input_dim=int(self.mean.shape[0]), hidden_sizes=tuple(self.config.hidden_sizes),
-                           code_dim=self.config.code_dim, activation=self.config.activation)
+                           code_dim=self.config.code_dim, activation=self.config.activation,
+                           architecture=self.config.get("architecture", "mlp"))
 
     def encode(self, x) -> jax.Array:
         """Codes of raw features ``(n, d) -> (n, code_dim)``."""
@@ -263,9 +281,10 @@ def _train_epoch(state: TrainState, x: jax.Array, perm: jax.Array, rng: jax.Arra
 
 
 @functools.lru_cache(maxsize=16)
-def _build(d, hidden_sizes, code_dim, activation, learning_rate, weight_decay):
+def _build(d, hidden_sizes, code_dim, activation, learning_rate, weight_decay, architecture):
     """Module, optimiser and jitted evaluation, shared by fits with equal settings (so XLA compiles once)."""
-    module = AutoEncoder(input_dim=d, hidden_sizes=hidden_sizes, code_dim=code_dim, activation=activation)
+    module = AutoEncoder(input_dim=d, hidden_sizes=hidden_sizes, code_dim=code_dim, activation=activation,
+                         architecture=architecture)
     tx = optax.adamw(learning_rate, weight_decay=weight_decay) if weight_decay else optax.adam(learning_rate)
     eval_loss = jax.jit(lambda p, x: _loss(p, module.apply, x)[0])
     return module, tx, eval_loss
@@ -321,12 +340,23 @@ def fit_autoencoder(x_train, *, config: ml_collections.ConfigDict | None = None,
     xt = jnp.asarray((x_train - mean) / scale, dtype)
     xv = jnp.asarray((x_val - mean) / scale, dtype)
 
+    architecture = config.get("architecture", "mlp")
     module, tx, eval_loss = _build(d, tuple(config.hidden_sizes), config.code_dim, config.activation,
-                                  float(config.learning_rate), float(config.weight_decay))
+                                  float(config.learning_rate), float(config.weight_decay), architecture)
     params = module.init(jax.random.fold_in(rng, 0), xt[:1])["params"]
+    if architecture == "pca_residual":
+        if config.code_dim > min(n, d):
+            raise ValueError(f"code_dim {config.code_dim} exceeds min(n, d) = {min(n, d)}: PCA cannot provide "
+                             "that many axes")
+        _, _, vt = np.linalg.svd(np.asarray(xt, np.float64), full_matrices=False)  # xt is centred
+        axes = vt[:config.code_dim]
+        params = {**params, "linear_enc": {"kernel": jnp.asarray(axes.T)},
+                  "linear_dec": {"kernel": jnp.asarray(axes)}}
     params = jax.tree_util.tree_map(lambda p: p.astype(dtype), params)
     state = TrainState.create(apply_fn=module.apply, params=params, tx=tx)
-    best_params, best_val, best_epoch, bad_epochs, start_epoch = state.params, np.inf, 0, 0, 0
+    # Epoch 0 is a candidate too: for "pca_residual" it is exactly PCA, which training must beat to count.
+    best_params, best_epoch, bad_epochs, start_epoch = state.params, 0, 0, 0
+    best_val = float(eval_loss(state.params, xv))
     history: list[dict] = []
 
     mngr = None
@@ -335,6 +365,21 @@ def fit_autoencoder(x_train, *, config: ml_collections.ConfigDict | None = None,
         import orbax.checkpoint as ocp
 
         os.makedirs(workdir, exist_ok=True)
+        job = {"config": json.loads(config.to_json()), "n_train": int(n), "n_val": int(len(x_val)), "d": int(d)}
+        job_path = os.path.join(workdir, "job.json")
+        if os.path.exists(job_path):
+            with open(job_path, encoding="utf-8") as f:
+                old = json.load(f)
+            # max_epochs and patience may change between runs (to train longer); the rest must not.
+            keep = ("max_epochs", "patience", "checkpoint_every")
+            strip = lambda j: {**j, "config": {k: v for k, v in j["config"].items() if k not in keep}}  # noqa: E731
+            if strip(old) != strip(job):
+                raise ValueError(f"{workdir} holds checkpoints of a different auto-encoder job; use another workdir "
+                                 f"or delete it (was {old}, now {job})")
+        else:
+            with open(job_path + ".tmp", "w", encoding="utf-8") as f:
+                json.dump(job, f, indent=1)
+            os.replace(job_path + ".tmp", job_path)
         metrics_path = os.path.join(workdir, "metrics.jsonl")
         mngr = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
                                      options=ocp.CheckpointManagerOptions(max_to_keep=2))

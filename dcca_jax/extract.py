@@ -144,13 +144,15 @@ def build_backbone(config: ml_collections.ConfigDict, *, dtype=jnp.float32) -> B
     raise ValueError(f"unknown backbone {name!r}; choose one of {BACKBONES}")
 
 
-def _atomic_save_npy(path: str, arr: np.ndarray) -> None:
+def atomic_save_npy(path: str, arr: np.ndarray) -> None:
+    """``np.save`` to a temporary name in the same directory, then ``os.replace`` (readers never see half a file)."""
     tmp = f"{path}.tmp{os.getpid()}.npy"
     np.save(tmp, arr)
     os.replace(tmp, path)
 
 
-def _atomic_write_json(path: str, obj) -> None:
+def atomic_write_json(path: str, obj) -> None:
+    """JSON counterpart of :func:`atomic_save_npy`."""
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=1)
@@ -168,7 +170,7 @@ def _prepare_cache(cache_dir: str, index: dict) -> None:
             raise ValueError(f"feature cache {cache_dir} was made for a different job (differs in {diff}); use "
                              "another cache_dir or delete this one")
     else:
-        _atomic_write_json(index_path, index)
+        atomic_write_json(index_path, index)
 
 
 def _decode_worker(jobs, preprocess, out_q: queue.Queue, stop: threading.Event):
@@ -276,8 +278,8 @@ def extract_features(paths: Sequence[str | os.PathLike], *, backbone: Backbone, 
             if start + batch_size >= hi:  # shard complete (batches of a shard arrive in order)
                 if cache_dir is not None:
                     # failures first, features last: the .npy's presence marks a complete shard.
-                    _atomic_write_json(os.path.join(cache_dir, f"shard_{s:05d}.failed.json"), failed)
-                    _atomic_save_npy(os.path.join(cache_dir, f"shard_{s:05d}.npy"), feats)
+                    atomic_write_json(os.path.join(cache_dir, f"shard_{s:05d}.failed.json"), failed)
+                    atomic_save_npy(os.path.join(cache_dir, f"shard_{s:05d}.npy"), feats)
                 done[s] = pending.pop(s)
                 rate = n_computed / max(time.perf_counter() - t0, 1e-9)
                 logging.info("shard %d/%d done: %d images computed, %.1f images/s", s + 1, n_shards, n_computed, rate)

@@ -17,7 +17,6 @@ Optionally ``export_npz`` writes ``train``/``test`` features and ``train_ids``/`
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -45,12 +44,6 @@ def default_config() -> ml_collections.ConfigDict:
     c.train_autoencoder = True
     c.export_npz = ""
     return c
-
-
-def _atomic_save(path: str, arr: np.ndarray) -> None:
-    tmp = path + ".tmp.npy"
-    np.save(tmp, arr)
-    os.replace(tmp, path)
 
 
 def build_visual_view(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = False) -> dict:
@@ -81,8 +74,8 @@ def build_visual_view(config: ml_collections.ConfigDict, workdir: str, *, progre
                                        shard_size=config.shard_size, progress=progress, prefetch=config.prefetch)
         wall = time.perf_counter() - t0
         feats[split], oks[split], ids_by_split[split] = res.features, res.ok, ids
-        _atomic_save(os.path.join(workdir, f"features_{split}.npy"), res.features)
-        _atomic_save(os.path.join(workdir, f"ok_{split}.npy"), res.ok)
+        extract.atomic_save_npy(os.path.join(workdir, f"features_{split}.npy"), res.features)
+        extract.atomic_save_npy(os.path.join(workdir, f"ok_{split}.npy"), res.ok)
         with open(os.path.join(workdir, f"ids_{split}.txt"), "w", encoding="utf-8") as f:
             f.write("\n".join(ids) + "\n")
         all_failed += [{**f, "split": split} for f in res.failed]
@@ -90,8 +83,7 @@ def build_visual_view(config: ml_collections.ConfigDict, workdir: str, *, progre
                                     "images_per_second": res.images_per_second, "wall_seconds": wall}
         logging.info("%s: %d images, %d failed, %.1f images/s", split, len(ids), len(res.failed),
                      res.images_per_second)
-    with open(os.path.join(workdir, "failed.json"), "w", encoding="utf-8") as f:
-        json.dump(all_failed, f, indent=1)
+    extract.atomic_write_json(os.path.join(workdir, "failed.json"), all_failed)
 
     if config.export_npz:
         tmp = config.export_npz + ".tmp.npz"
@@ -109,7 +101,7 @@ def build_visual_view(config: ml_collections.ConfigDict, workdir: str, *, progre
         for split, x in (("train", feats["train"]), ("test", feats["test"])):
             codes = np.full((len(x), config.autoencoder.code_dim), np.nan, np.float32)
             codes[oks[split]] = np.asarray(model.encode(x[oks[split]]), np.float32)
-            _atomic_save(os.path.join(workdir, f"codes_{split}.npy"), codes)
+            extract.atomic_save_npy(os.path.join(workdir, f"codes_{split}.npy"), codes)
         mean = x_tr.astype(np.float64).mean(0)  # the same baseline for the AE and PCA figures
         ae_test = ae_lib.reconstruction_metrics(x_te, np.asarray(model.reconstruct(x_te)), mean=mean)
         ae_train = ae_lib.reconstruction_metrics(x_tr, np.asarray(model.reconstruct(x_tr)), mean=mean)
@@ -123,8 +115,5 @@ def build_visual_view(config: ml_collections.ConfigDict, workdir: str, *, progre
         logging.info("auto-encoder %d -> %d: held-out MSE %.5g, variance retained %.4f (PCA-%d: %.5g, %.4f)",
                      x_tr.shape[1], k, ae_test["mse"], ae_test["variance_retained"], k, pca_test["mse"],
                      pca_test["variance_retained"])
-    tmp = os.path.join(workdir, "summary.json.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=1)
-    os.replace(tmp, os.path.join(workdir, "summary.json"))
+    extract.atomic_write_json(os.path.join(workdir, "summary.json"), summary)
     return summary

@@ -64,7 +64,7 @@ def main(argv):
     x = np.zeros((n_pad, 224, 224, 3), np.float32)
     x[:n] = images.normalise(u8, normalisation="mobilenet_v2")
     xb = [jnp.asarray(x[i:i + bs]) for i in range(0, n_pad, bs)]
-    jax_feats = {}
+    jax_feats, jax_top1 = {}, {}
     for emulate in (False, True):
         fn = mobilenet.make_apply_fn(variables, emulate_uint8=emulate)
         t0 = time.perf_counter()
@@ -76,6 +76,7 @@ def main(argv):
 
         rate, times = _median_rate(run, n, _REPEATS.value)
         jax_feats[emulate] = np.concatenate([np.asarray(f) for f in run()])[:n].astype(np.float64)
+        jax_top1[emulate] = np.concatenate([np.asarray(fn(b)["logits"]).argmax(1) for b in xb])[:n]
         rows.append({"engine": f"JAX MobileNetV2 ({'uint8-emulating' if emulate else 'float'}), batch {bs}",
                      "images_per_s": rate, "compile_s": compile_s, "times_s": times})
 
@@ -101,18 +102,23 @@ def main(argv):
             inp = interp.get_input_details()[0]["index"]
             det = {d["name"]: d for d in interp.get_tensor_details()}["MobilenetV2/Logits/AvgPool"]
 
-            def run_tfl(interp=interp, inp=inp, det=det):
-                out = []
+            out_index = interp.get_output_details()[0]["index"]
+
+            def run_tfl(interp=interp, inp=inp, det=det, out_index=out_index):
+                out, probs = [], []
                 for im in u8:
                     interp.set_tensor(inp, im[None])
                     interp.invoke()
                     out.append(interp.get_tensor(det["index"]).reshape(-1).copy())
-                return out
+                    probs.append(interp.get_tensor(out_index)[0].astype(np.float64) / 256.0)
+                return out, probs
 
             run_tfl()  # warm-up
             rate, times = _median_rate(run_tfl, n, _REPEATS.value)
             s, z = det["quantization"]
-            tfl_feats = (np.stack(run_tfl()).astype(np.float64) - z) * s
+            feats_u8, probs = run_tfl()
+            tfl_feats = (np.stack(feats_u8).astype(np.float64) - z) * s
+            tfl_probs = np.stack(probs)
             rows.append({"engine": f"TFLite interpreter (XNNPACK, uint8), {threads} thread(s), batch 1",
                          "images_per_s": rate, "times_s": times})
 
@@ -120,8 +126,14 @@ def main(argv):
     if tfl_feats is not None:
         for emulate, f in jax_feats.items():
             cos = np.sum(f * tfl_feats, 1) / np.linalg.norm(f, axis=1) / np.linalg.norm(tfl_feats, axis=1)
+            sp = np.sort(tfl_probs, 1)
+            decided = sp[:, -1] - sp[:, -2] > 0.05
+            same = jax_top1[emulate] == tfl_probs.argmax(1)
             agreement["uint8-emulating" if emulate else "float"] = {
-                "cosine_min": float(cos.min()), "cosine_mean": float(cos.mean())}
+                "cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()),
+                "cosine_below_0.99": int(np.sum(cos < 0.99)), "top1_agreement": float(same.mean()),
+                "top1_agreement_where_tflite_gap_gt_0.05": float(same[decided].mean()),
+                "n_tflite_gap_gt_0.05": int(decided.sum())}
 
     result = {"benchmark": "MobileNetV2 1.0/224 feature extraction (1280-d pre-logits)", "n_images": n,
               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "loadavg": os.getloadavg(),
@@ -140,7 +152,10 @@ def main(argv):
             comp = f"{r['compile_s']:.1f}" if "compile_s" in r else "-"
             lines.append(f"| {r['engine']} | {r['images_per_s']:.1f} | {comp} |")
     for k, v in agreement.items():
-        lines.append(f"\nJAX ({k}) vs TFLite features: cosine min {v['cosine_min']:.4f}, mean {v['cosine_mean']:.4f}")
+        lines.append(f"\nJAX ({k}) vs TFLite XNNPACK: cosine min {v['cosine_min']:.4f}, mean {v['cosine_mean']:.4f} "
+                     f"({v['cosine_below_0.99']} of {n} below 0.99); same top-1 class {v['top1_agreement']:.3f} "
+                     f"(where TFLite's top-2 gap > 0.05: {v['top1_agreement_where_tflite_gap_gt_0.05']:.3f} of "
+                     f"{v['n_tflite_gap_gt_0.05']})")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -9,6 +9,14 @@ import pytest
 from dcca_jax import autoencoder as ae
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _fast_compile():
+    # These tests compile several small training loops; XLA's full optimisation costs more than it saves.
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", False)
+
+
 def _manifold(n, seed, d=24):
     """A 2-d square embedded nonlinearly in d dims: x = sin(t W + b) + small noise."""
     r = np.random.default_rng(seed)
@@ -101,3 +109,26 @@ def test_bad_inputs_raise():
         ae.fit_autoencoder(bad, config=_small_config())
     with pytest.raises(FloatingPointError, match="learning_rate"):
         ae.fit_autoencoder(x, config=_small_config(learning_rate=1e30, max_epochs=3, hidden_sizes=(16,)))
+
+
+def test_pca_residual_starts_at_pca_and_never_ends_worse_on_validation():
+    x_train, x_val = _manifold(1000, 6), _manifold(300, 7)
+    cfg = _small_config(architecture="pca_residual", max_epochs=0)
+    start = ae.fit_autoencoder(x_train, config=cfg, x_val=x_val)
+    pca_val = ae.pca_reconstruction(x_train, x_val, n_components=2)
+    np.testing.assert_allclose(np.asarray(start.reconstruct(x_val)), pca_val, atol=2e-5)
+    trained = ae.fit_autoencoder(x_train, config=_small_config(architecture="pca_residual"), x_val=x_val)
+    got = ae.reconstruction_metrics(x_val, np.asarray(trained.reconstruct(x_val)), mean=x_train.mean(0))
+    pca = ae.reconstruction_metrics(x_val, pca_val, mean=x_train.mean(0))
+    assert got["mse"] < 0.5 * pca["mse"], (got, pca)
+
+
+def test_workdir_of_another_job_is_refused(tmp_path):
+    x = _manifold(120, 8, d=8)
+    cfg = _small_config(max_epochs=1, hidden_sizes=(16,))
+    ae.fit_autoencoder(x, config=cfg, workdir=str(tmp_path))
+    with pytest.raises(ValueError, match="different auto-encoder job"):
+        ae.fit_autoencoder(x, config=_small_config(max_epochs=1, hidden_sizes=(16,), code_dim=3),
+                           workdir=str(tmp_path))
+    longer = ae.fit_autoencoder(x, config=_small_config(max_epochs=2, hidden_sizes=(16,)), workdir=str(tmp_path))
+    assert [h["epoch"] for h in longer.history] == [1, 2]

@@ -3,10 +3,19 @@ from __future__ import annotations
 
 import json
 
+import jax
 import numpy as np
+import pytest
 from PIL import Image
 
 from dcca_jax import autoencoder, visual_view
+
+
+@pytest.fixture(autouse=True)
+def _fast_compile():
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", False)
 
 
 def _dataset(root):

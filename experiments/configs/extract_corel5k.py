@@ -25,9 +25,13 @@ def get_config() -> ml_collections.ConfigDict:
         SHARED, "models", "mobilenet_v2_1.0_224_quant", "mobilenet_v2_1.0_224_quant.tflite")
     c.model.mobilenet_v2.emulate_uint8 = True
     c.batch_size = 32
+    # A plain 1280-1024-300 ReLU AE overfits 4,050 training rows (held-out variance retained 0.67 against PCA's
+    # 0.80); starting at PCA with a residual MLP and a small learning rate gives 0.805.
+    c.autoencoder.architecture = "pca_residual"
     c.autoencoder.hidden_sizes = (1024,)
     c.autoencoder.code_dim = 300
     c.autoencoder.activation = "relu"
+    c.autoencoder.learning_rate = 1e-4
     c.autoencoder.max_epochs = 300
     c.autoencoder.patience = 20
     return c
