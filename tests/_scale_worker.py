@@ -127,6 +127,38 @@ def images(n=37):
     return np.random.default_rng(2).integers(0, 256, size=(n, 12, 12, 3), dtype=np.uint8)
 
 
+def tiny_backbone():
+    """dcca_jax.extract.Backbone around conv_net (12 x 12 crops), for the extraction pipeline."""
+    import functools
+
+    import jax
+
+    from dcca_jax.extract import Backbone
+    from dcca_jax.images import Preprocess
+
+    pre = Preprocess(size=12, crop_fraction=1.0, normalisation="mobilenet_v2")
+    return Backbone("tiny", jax.jit(functools.partial(conv_net, conv_params())), pre, 5, {"backbone": "tiny"})
+
+
+def write_images(folder, n=11):
+    """n small RGB PNGs of different sizes (the extraction pipeline resizes and crops them)."""
+    import pathlib
+
+    import numpy as np
+    from PIL import Image
+
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(4)
+    paths = []
+    for i in range(n):
+        h, w = 14 + i, 20 - i // 2
+        p = folder / f"img_{i:02d}.png"
+        Image.fromarray(rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)).save(p)
+        paths.append(str(p))
+    return paths
+
+
 def _flat(tree):
     import jax
     import numpy as np
@@ -163,6 +195,10 @@ def run_multidevice(out):
     extracted = dist.shard_batch_apply(conv_net, conv_params(), images(), mesh)
     extracted_blocks = dist.shard_batch_apply(conv_net, conv_params(), images(), mesh, per_device_batch=2)
     extracted_closure = dist.sharded_apply(functools.partial(conv_net, conv_params()), mesh)(images())
+    from dcca_jax.extract import extract_features
+
+    paths = write_images(os.path.join(os.path.dirname(out), "imgs"))
+    pipeline = extract_features(paths, backbone=dist.shard_backbone(tiny_backbone(), mesh), batch_size=8)
     tv, ts, cfg, dstate = dcca_setup()
     dstep = dist.data_parallel_dcca_step(tv, ts, cfg, mesh)
     dstate1, dmetrics1 = dstep(dstate, (x_v, x_s), rng)
@@ -180,6 +216,7 @@ def run_multidevice(out):
         extracted=np.asarray(extracted),
         extracted_blocks=np.asarray(extracted_blocks),
         extracted_closure=np.asarray(extracted_closure),
+        pipeline=pipeline.features,
         dcca_loss=np.asarray([dmetrics1["loss"], dmetrics2["loss"]]),
         dcca_grad_norm=np.asarray([dmetrics1["grad_norm"], dmetrics2["grad_norm"]]),
         dcca_params2=_flat(dstate2.params),

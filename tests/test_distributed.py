@@ -113,6 +113,13 @@ def test_eight_devices_equal_one_device(tmp_path, single_device_reference, singl
     np.testing.assert_allclose(z["extracted"], want, atol=1e-12)
     np.testing.assert_allclose(z["extracted_blocks"], want, atol=1e-12)
     np.testing.assert_allclose(z["extracted_closure"], want, atol=1e-12)
+    # dcca_jax.extract's pipeline with the backbone sharded over 8 devices = unsharded, image by image.
+    from dcca_jax.extract import extract_features
+
+    paths = W.write_images(tmp_path / "imgs")
+    plain = extract_features(paths, backbone=W.tiny_backbone(), batch_size=8)
+    assert plain.ok.all()
+    np.testing.assert_allclose(z["pipeline"], plain.features, atol=1e-6)
 
 
 def _free_port() -> int:
