@@ -19,7 +19,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import math
 import os
+import pathlib
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -58,6 +62,7 @@ __all__ = [
     "PrecisionTower",
     "with_precision",
     "data_parallel_dcca_step",
+    "fit_dcca_data_parallel",
     "initialize_distributed",
     "process_slice",
     "allreduce_stats",
@@ -489,6 +494,137 @@ def data_parallel_dcca_step(
     if policy is not None:
         tower_v, tower_s = with_precision(tower_v, policy), with_precision(tower_s, policy)
     return shard_train_step(dcca.make_train_step(tower_v, tower_s, config), mesh, axis_name=axis_name)
+
+
+def _equal_local_rows(n_local: int) -> None:
+    if jax.process_count() == 1:
+        return
+    counts = np.asarray(multihost_utils.process_allgather(np.asarray([n_local], np.int64))).ravel()
+    if len(set(counts.tolist())) != 1:
+        raise ValueError(
+            f"every process must hold the same number of training rows for data-parallel steps; got {counts.tolist()} "
+            "(use process_slice(n, multiple_of=batch_size // process_count) to split the data)."
+        )
+
+
+def fit_dcca_data_parallel(
+    x_v,
+    x_s,
+    config,
+    mesh: Mesh,
+    *,
+    policy: str | PrecisionPolicy | None = None,
+    metrics_path: str | os.PathLike | None = None,
+):
+    r"""Trains DCCA (Eq. 3-7) data-parallel over ``mesh``, on one host or many.
+
+    Each process passes *its own* rows (numpy arrays or ``np.memmap`` slices, the same number on every
+    process); ``config.batch_size`` is the *global* batch, split evenly over processes and devices, so
+    the objective of every step is that of the global batch. Epoch ``e`` visits this process's rows in
+    the order ``default_rng([seed, e, process_index])``. With ``config.towers.residual_cca`` the towers
+    start at a linear CCA fitted by streaming statistics merged over all processes
+    (:func:`allreduce_stats`), i.e. on all the training rows.
+
+    Args:
+      x_v: ``(n_local, d_v)`` this process's visual rows.
+      x_s: ``(n_local, d_s)`` the paired semantic rows.
+      config: :func:`dcca_jax.dcca.default_dcca_config` (Adam only; ``epochs``, ``batch_size``,
+        ``learning_rate``, ``seed``, ``dtype``, towers, objective and ridges are used).
+      mesh: :func:`make_mesh` over all processes' devices.
+      policy: optional precision policy (:func:`with_precision`), e.g. ``"bfloat16"``.
+      metrics_path: JSON-lines file, one record per epoch, written by process 0.
+
+    Returns:
+      ``(state, history)``: the replicated ``DCCATrainState`` and the per-epoch records
+      (``epoch``, ``objective`` = mean batch objective, ``seconds``, ``samples_per_s``).
+
+    Raises:
+      ValueError: L-BFGS, a global batch not divisible over processes and devices, unequal rows per
+        process, or fewer rows than one batch.
+      dcca_jax.dcca.NonFiniteLossError: the loss became NaN/inf (with advice).
+    """
+    from dcca_jax import dcca
+    from dcca_jax.streaming import fit_from_stats, stats_from_arrays
+    from dcca_jax.towers import init_from_cca, make_tower
+
+    c = config
+    if c.optimizer != "adam":
+        raise ValueError(f"fit_dcca_data_parallel trains with minibatch Adam; got optimizer={c.optimizer!r}.")
+    if x_v.shape[0] != x_s.shape[0]:
+        raise ValueError(f"x_v and x_s must have the same number of rows; got shapes {x_v.shape} and {x_s.shape}.")
+    n_local = int(x_v.shape[0])
+    _equal_local_rows(n_local)
+    procs = jax.process_count()
+    devices = _axis_size(mesh, DATA_AXIS)
+    bs = int(c.batch_size)
+    if bs % devices or bs % procs:
+        raise ValueError(f"batch_size={bs} must be divisible by the {devices} data-parallel devices ({procs} processes).")
+    local_bs = bs // procs
+    steps = n_local // local_bs
+    if steps < 1:
+        raise ValueError(f"each process holds {n_local} rows, fewer than its share {local_bs} of batch_size={bs}.")
+    dt = dcca.DTYPES[c.dtype]
+    t = c.towers
+    kw = dict(out_dim=t.out_dim, activation=t.activation, batch_norm=t.batch_norm, dropout=t.dropout,
+              residual_cca=t.residual_cca, param_dtype=dt)
+    tv, ts = make_tower(hidden=t.visual_hidden, **kw), make_tower(hidden=t.semantic_hidden, **kw)
+    if policy is not None:
+        tv, ts = with_precision(tv, policy), with_precision(ts, policy)
+    init_rng, step_rng = jax.random.split(jax.random.key(int(c.seed)))
+    r_v, r_s = jax.random.split(init_rng)
+    var_v = tv.init(r_v, jnp.asarray(x_v[:2], dt))
+    var_s = ts.init(r_s, jnp.asarray(x_s[:2], dt))
+    params = {"visual": var_v["params"], "semantic": var_s["params"]}
+    if t.residual_cca:
+        k = min(int(t.out_dim), x_v.shape[1], x_s.shape[1])
+        stats = allreduce_stats(stats_from_arrays(x_v, x_s))
+        lin = fit_from_stats(stats, n_components=k, ridge_v=float(t.cca_init_ridge), ridge_s=float(t.cca_init_ridge))
+
+        def init(p, proj, mean):
+            if policy is not None:
+                return {**p, "tower": init_from_cca(p["tower"], proj=proj, mean=mean)}
+            return init_from_cca(p, proj=proj, mean=mean)
+
+        params = {"visual": init(params["visual"], lin.proj_v, lin.mean_v),
+                  "semantic": init(params["semantic"], lin.proj_s, lin.mean_s)}
+    batch_stats = {"visual": var_v.get("batch_stats", {}), "semantic": var_s.get("batch_stats", {})} if t.batch_norm else {}
+    state = replicate(dcca.DCCATrainState.create(apply_fn=None, params=params, tx=dcca.make_optimizer(c),
+                                                 batch_stats=batch_stats), mesh)
+    step = shard_train_step(dcca.make_train_step(tv, ts, c), mesh)
+    writer = None
+    if metrics_path is not None and jax.process_index() == 0:
+        pathlib.Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
+        writer = open(metrics_path, "a", encoding="utf-8")
+    history = []
+    try:
+        for epoch in range(int(c.epochs)):
+            t0 = time.perf_counter()
+            perm = np.random.default_rng([int(c.seed), epoch, jax.process_index()]).permutation(n_local)
+            objectives = []
+            for i in range(steps):
+                idx = np.sort(perm[i * local_bs:(i + 1) * local_bs])  # sorted: sequential reads from a memmap
+                batch = (np.asarray(x_v[idx], dt), np.asarray(x_s[idx], dt))
+                state, metrics = step(state, batch, step_rng)
+                objectives.append(metrics["objective"])
+            obj = float(np.mean(jax.device_get(objectives)))
+            if not math.isfinite(obj):
+                raise dcca.NonFiniteLossError(
+                    f"the DCCA objective became {obj} in epoch {epoch} (global batch {bs}, learning_rate="
+                    f"{c.learning_rate}, ridges {c.ridge_v}/{c.ridge_s}): lower the learning rate, raise the ridges, "
+                    "or use float32 outputs (precision policy 'bfloat16' keeps the objective in float32)."
+                )
+            secs = time.perf_counter() - t0
+            rec = {"epoch": epoch, "objective": obj, "seconds": secs, "samples_per_s": steps * bs / secs,
+                   "steps": int(state.step)}
+            history.append(rec)
+            logging.info("dcca data-parallel: epoch %d objective %.4f (%.1f samples/s)", epoch, obj, rec["samples_per_s"])
+            if writer is not None:
+                writer.write(json.dumps(rec) + "\n")
+                writer.flush()
+    finally:
+        if writer is not None:
+            writer.close()
+    return state, history
 
 
 # ------------------------------------------------------------------------------------- multi-host

@@ -265,3 +265,43 @@ def test_dcca_step_with_bfloat16_towers():
     assert np.isfinite(float(m_lo["loss"])) and np.isfinite(float(m_lo["grad_norm"]))
     assert float(m_lo["loss"]) != float(m_hi["loss"])
     np.testing.assert_allclose(float(m_lo["loss"]), float(m_hi["loss"]), rtol=0.02)
+
+
+def test_fit_dcca_data_parallel_starts_at_cca_and_improves(tmp_path):
+    from dcca_jax.cca import fit_linear_cca
+    from dcca_jax.objectives import correlation_objective
+
+    x_v, x_s = W.data()
+    x_v = np.concatenate([x_v, x_v * 0.5 + 0.1], axis=0)  # 192 rows: two global batches of 96
+    x_s = np.concatenate([x_s, x_s], axis=0)
+    cfg = dcca.default_dcca_config()
+    cfg.towers.update(visual_hidden=(8,), semantic_hidden=(8,), out_dim=3, residual_cca=True, cca_init_ridge=1e-3)
+    cfg.update(batch_size=96, epochs=0, learning_rate=1e-2, dtype="float64")
+    mesh = dist.make_mesh()
+    state0, hist0 = dist.fit_dcca_data_parallel(x_v, x_s, cfg, mesh)
+    assert hist0 == []
+    # Residual towers start exactly at the linear CCA fitted from streamed statistics (Eq. 8).
+    from dcca_jax.towers import make_tower
+
+    tv = make_tower(hidden=(8,), out_dim=3, residual_cca=True, param_dtype=jnp.float64)
+    ts = make_tower(hidden=(8,), out_dim=3, residual_cca=True, param_dtype=jnp.float64)
+    h_v = tv.apply({"params": state0.params["visual"]}, jnp.asarray(x_v))
+    h_s = ts.apply({"params": state0.params["semantic"]}, jnp.asarray(x_s))
+    lin = fit_linear_cca(x_v, x_s, n_components=3, ridge_v=1e-3, ridge_s=1e-3)
+    np.testing.assert_allclose(np.asarray(h_v), np.asarray((x_v - lin.mean_v) @ lin.proj_v), atol=1e-10)
+    cfg.epochs = 4
+    metrics = tmp_path / "m.jsonl"
+    state, hist = dist.fit_dcca_data_parallel(x_v, x_s, cfg, mesh, metrics_path=metrics)
+    assert [h["epoch"] for h in hist] == [0, 1, 2, 3] and int(state.step) == 8
+    assert len(metrics.read_text().splitlines()) == 4
+    h_v = tv.apply({"params": state.params["visual"]}, jnp.asarray(x_v))
+    h_s = ts.apply({"params": state.params["semantic"]}, jnp.asarray(x_s))
+    before = float(np.sum(np.asarray(lin.correlations)))
+    after = float(correlation_objective(h_v, h_s, ridge_v=cfg.ridge_v, ridge_s=cfg.ridge_s))
+    assert after > before
+    cfg.batch_size = 400
+    with pytest.raises(ValueError, match="holds 192 rows, fewer than its share 400 of batch_size=400"):
+        dist.fit_dcca_data_parallel(x_v, x_s, cfg, mesh)
+    cfg.optimizer = "lbfgs"
+    with pytest.raises(ValueError, match="optimizer='lbfgs'"):
+        dist.fit_dcca_data_parallel(x_v, x_s, cfg, mesh)
