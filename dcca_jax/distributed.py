@@ -656,13 +656,15 @@ def initialize_distributed(
     local_device_ids=None,
     initialization_timeout: int = 300,
     cpu_collectives: str | None = "gloo",
+    auto: bool | None = None,
 ) -> bool:
     """Starts ``jax.distributed`` (one process per host) from arguments or the environment.
 
     Each argument left ``None`` is read from ``DCCA_<NAME>`` or ``JAX_<NAME>`` (``COORDINATOR_ADDRESS``
     as ``host:port``, ``NUM_PROCESSES``, ``PROCESS_ID``). When none is set but the process runs under
-    SLURM, Open MPI or on a Cloud TPU pod, JAX detects the cluster itself. Call it before any other JAX
-    call that touches devices.
+    SLURM, Open MPI or Kubernetes TPU jobs, JAX detects the cluster itself; on a Cloud TPU VM pod slice
+    pass ``auto=True`` (or set ``DCCA_DISTRIBUTED=auto``) to let JAX read the TPU metadata. Call it
+    before any other JAX call that touches devices.
 
     Args:
       coordinator_address: ``host:port`` of process 0.
@@ -672,6 +674,8 @@ def initialize_distributed(
       initialization_timeout: seconds to wait for the other processes.
       cpu_collectives: CPU cross-process collectives (``"gloo"``; ``None`` keeps JAX's setting). Needed
         only for CPU runs; harmless on GPU/TPU.
+      auto: call ``jax.distributed.initialize()`` without arguments (cluster auto-detection); default
+        from ``DCCA_DISTRIBUTED=auto``.
 
     Returns:
       True when a multi-process runtime is up (now or already), False for a plain single process.
@@ -687,8 +691,10 @@ def initialize_distributed(
     given = [v is not None for v in (coordinator_address, num_processes, process_id)]
     if cpu_collectives is not None:
         jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
+    if auto is None:
+        auto = os.environ.get("DCCA_DISTRIBUTED", "").lower() == "auto"
     if not any(given):
-        if any(os.environ.get(v) for v in _AUTODETECT_ENV):
+        if auto or any(os.environ.get(v) for v in _AUTODETECT_ENV):
             logging.info("initialize_distributed: cluster environment detected; letting JAX configure itself.")
             jax.distributed.initialize(local_device_ids=local_device_ids, initialization_timeout=initialization_timeout)
             return True

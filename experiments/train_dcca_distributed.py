@@ -28,11 +28,12 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/dcca_distributed", "Output direc
 _COORD = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (else from the environment).")
 _NPROC = flags.DEFINE_integer("num_processes", None, "Number of processes (else from the environment).")
 _PID = flags.DEFINE_integer("process_id", None, "This process's rank (else from the environment).")
+_AUTO = flags.DEFINE_bool("distributed_auto", False, "Let JAX detect the cluster (Cloud TPU VM pods).")
 
 
 def main(argv):
     del argv
-    dist.initialize_distributed(_COORD.value, _NPROC.value, _PID.value)
+    dist.initialize_distributed(_COORD.value, _NPROC.value, _PID.value, auto=_AUTO.value or None)
     c = _CONFIG.value
     mesh = dist.make_mesh()
     x_v = np.load(_X_V.value, mmap_mode="r")

@@ -206,7 +206,7 @@ def test_initialize_distributed_from_environment(monkeypatch):
     for names in dist._ENV.values():
         for v in names:
             monkeypatch.delenv(v, raising=False)
-    for v in dist._AUTODETECT_ENV:
+    for v in (*dist._AUTODETECT_ENV, "DCCA_DISTRIBUTED"):
         monkeypatch.delenv(v, raising=False)
     assert dist.initialize_distributed(cpu_collectives=None) is False
     assert dist.initialize_distributed(num_processes=1, cpu_collectives=None) is False
