@@ -33,6 +33,9 @@ NUS-WIDE (:func:`load_nus_wide`; the official release from lms.comp.nus.edu.sg):
     root/NUS_WID_Tags/TagList1k.txt     the 1,000 tags, one per line
     root/NUS_WID_Tags/Train_Tags1k.dat  one line per training image: 1,000 whitespace-separated 0/1
     root/NUS_WID_Tags/Test_Tags1k.dat
+    root/ImageList/Imagelist.txt        (tag_set="all_tags") all 269,648 images, in the order of
+    root/NUS_WID_Tags/All_Tags.txt      "<flickr id>  tag tag ..." lines (raw Flickr tags)
+    root/NUS_WID_Tags/Final_Tag_List.txt  optional vocabulary for "all_tags" (5,018 tags)
     root/Concepts81.txt                 the 81 concepts (or root/ConceptsList/Concepts81.txt)
     root/Groundtruth/TrainTestLabels/Labels_<concept>_Train.txt   one 0/1 per line per training image
     root/Groundtruth/TrainTestLabels/Labels_<concept>_Test.txt
@@ -566,6 +569,29 @@ def _nus_image_name(line: str) -> str:
     return name.replace("\\", "/")
 
 
+def _nus_all_tags(root: pathlib.Path) -> dict[str, tuple[str, ...]]:
+    """image name -> raw Flickr tags, from All_Tags.txt aligned line by line with Imagelist.txt."""
+    list_path = root / "ImageList" / "Imagelist.txt"
+    tags_path = root / "NUS_WID_Tags" / "All_Tags.txt"
+    images = [(lineno, line) for lineno, line in _read_lines(list_path) if line.strip()]
+    rows = [(lineno, line) for lineno, line in _read_lines(tags_path) if line.strip()]
+    if len(images) != len(rows):
+        raise ValueError(f"{tags_path}: {len(rows)} tag lines, but {list_path} lists {len(images)} images.")
+    out: dict[str, tuple[str, ...]] = {}
+    for (_, image), (lineno, row) in zip(images, rows):
+        name = _nus_image_name(image)
+        fields = row.split()
+        # File names are "<index>_<flickr id>.jpg"; the tag line starts with that Flickr id.
+        stem = pathlib.PurePosixPath(name).stem
+        if "_" in stem and stem.rsplit("_", 1)[1] != fields[0]:
+            raise ValueError(
+                f"{tags_path}:{lineno}: photo id {fields[0]!r} does not match image {name!r} on the same line of "
+                f"{list_path}; the two files must be in the same order."
+            )
+        out[name] = tuple(dict.fromkeys(fields[1:]))
+    return out
+
+
 def load_nus_wide(
     root: PathLike,
     *,
@@ -577,8 +603,12 @@ def load_nus_wide(
 
     Args:
       root: the folder holding ImageList/, NUS_WID_Tags/, Groundtruth/ and Concepts81.txt.
-      tag_set: "tags1k" (the 1,000 most frequent Flickr user tags, TagList1k.txt: the tag-recommendation
-        setting) or "concepts81" (the 81 manually verified concepts of Groundtruth/ as the labels).
+      tag_set: "tags1k" (the 1,000 most frequent Flickr user tags, TagList1k.txt + {Train,Test}_Tags1k.dat:
+        the usual tag-recommendation setting), "all_tags" (every image's raw Flickr tags from
+        NUS_WID_Tags/All_Tags.txt, lines "<flickr id> tag tag ..." in ImageList/Imagelist.txt order, over the
+        vocabulary NUS_WID_Tags/Final_Tag_List.txt (5,018 tags) when present, else the sorted training tags;
+        tags outside it are dropped and counted in ``info["dropped_tags"]``) or "concepts81" (the 81 manually
+        verified concepts of Groundtruth/ as the labels).
       image_root: the folder of the images (``<concept folder>/<file>.jpg``); default ``root/Flickr`` when
         it exists. Without images ``image_paths`` is None (use precomputed features).
       missing: "error" or "skip" for images in the lists but not under image_root.
@@ -588,8 +618,8 @@ def load_nus_wide(
       ``info["concepts"]`` its column names.
     """
     root = pathlib.Path(root)
-    if tag_set not in ("tags1k", "concepts81"):
-        raise ValueError(f"tag_set must be 'tags1k' or 'concepts81'; got {tag_set!r}.")
+    if tag_set not in ("tags1k", "all_tags", "concepts81"):
+        raise ValueError(f"tag_set must be 'tags1k', 'all_tags' or 'concepts81'; got {tag_set!r}.")
     concepts_path = root / "Concepts81.txt"
     if not concepts_path.is_file() and (root / "ConceptsList" / "Concepts81.txt").is_file():
         concepts_path = root / "ConceptsList" / "Concepts81.txt"
@@ -597,7 +627,8 @@ def load_nus_wide(
     taglist = _read_word_list(root / "NUS_WID_Tags" / "TagList1k.txt") if tag_set == "tags1k" else None
     if image_root is None and (root / "Flickr").is_dir():
         image_root = root / "Flickr"
-    info: dict[str, Any] = {"missing_images": [], "concepts": concepts, "untagged": {}}
+    info: dict[str, Any] = {"missing_images": [], "concepts": concepts, "untagged": {}, "dropped_tags": {}}
+    raw_tags = _nus_all_tags(root) if tag_set == "all_tags" else None
     splits = {}
     for split, cap in (("train", "Train"), ("test", "Test")):
         list_path = root / "ImageList" / f"{cap}Imagelist.txt"
@@ -620,7 +651,19 @@ def load_nus_wide(
             if col.shape[0] != len(names):
                 raise ValueError(f"{p}: {col.shape[0]} rows, but {list_path} lists {len(names)} images.")
             gt[:, j] = col[:, 0]
-        if tag_set == "tags1k":
+        if tag_set == "all_tags":
+            missing_names = [(lineno, n) for (lineno, _), n in zip(lines, names) if n not in raw_tags]
+            if missing_names:
+                lineno, n = missing_names[0]
+                raise ValueError(f"{list_path}:{lineno}: {n!r} is not in ImageList/Imagelist.txt.")
+            if split == "train":
+                vocab_path = root / "NUS_WID_Tags" / "Final_Tag_List.txt"
+                all_vocab = (_read_word_list(vocab_path) if vocab_path.is_file()
+                             else tuple(sorted({t for n in names for t in raw_tags[n]})))
+            labels, dropped = labels_from_tags([raw_tags[n] for n in names], all_vocab)
+            info["dropped_tags"][split] = dict(dropped)
+            vocab = all_vocab
+        elif tag_set == "tags1k":
             p = root / "NUS_WID_Tags" / f"{cap}_Tags1k.dat"
             labels = _read_binary_rows(p, len(taglist))
             if labels.shape[0] != len(names):

@@ -445,6 +445,15 @@ class SemanticEncoder:
         m, report = self.encode_numpy(tag_lists, name=name)
         return jnp.asarray(m), report
 
+    def tag_vectors(self, tags: Sequence[str] | None = None) -> tuple[jax.Array, TagReport]:
+        """Each single tag encoded as a one-tag annotation: (V, dim), for ranking tags in the common space.
+
+        Args:
+          tags: the tags to encode (default: ``vocabulary``); unknown ones give zero rows (reported).
+        """
+        tags = self.vocabulary if tags is None else tags
+        return self.encode([[t] for t in tags], name="tags")
+
     def save(self, path: str | os.PathLike) -> pathlib.Path:
         path = pathlib.Path(path)
         path.mkdir(parents=True, exist_ok=True)

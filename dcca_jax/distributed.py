@@ -19,10 +19,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import math
 import os
+import pathlib
+import time
 from collections.abc import Callable
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,10 +53,16 @@ __all__ = [
     "shard_train_step",
     "make_train_step",
     "shard_batch_apply",
+    "sharded_apply",
+    "shard_backbone",
     "PrecisionPolicy",
     "precision_policy",
     "cast_floating",
     "apply_with_policy",
+    "PrecisionTower",
+    "with_precision",
+    "data_parallel_dcca_step",
+    "fit_dcca_data_parallel",
     "initialize_distributed",
     "process_slice",
     "allreduce_stats",
@@ -349,6 +360,32 @@ def shard_batch_apply(
     return jax.tree.map(lambda *xs: jnp.asarray(np.concatenate(xs, axis=0)), *outs)
 
 
+def _call_without_params(fn, params, x):
+    del params
+    return fn(x)
+
+
+def sharded_apply(fn: Callable, mesh: Mesh, *, axis_name: str = DATA_AXIS, per_device_batch: int | None = None) -> Callable:
+    """``x -> fn(x)`` split over the devices of ``mesh``, for a per-example ``fn`` whose parameters are
+    closed over (e.g. ``dcca_jax.extract.Backbone.apply``). See :func:`shard_batch_apply`."""
+    call = functools.partial(_call_without_params, fn)  # built once: the compiled program is cached on it
+
+    def apply(x):
+        return shard_batch_apply(call, None, x, mesh, axis_name=axis_name, per_device_batch=per_device_batch)
+
+    return apply
+
+
+def shard_backbone(backbone, mesh: Mesh, *, axis_name: str = DATA_AXIS):
+    """A copy of a feature extractor (a dataclass with an ``apply`` field, such as
+    ``dcca_jax.extract.Backbone``) whose ``apply`` runs split over ``mesh``.
+
+    ``extract_features(paths, backbone=shard_backbone(build_backbone(cfg), mesh), batch_size=b)`` then
+    extracts on every device; choose ``b`` a multiple of the device count (other sizes are padded).
+    """
+    return dataclasses.replace(backbone, apply=sharded_apply(backbone.apply, mesh, axis_name=axis_name))
+
+
 # -------------------------------------------------------------------------------- mixed precision
 @dataclasses.dataclass(frozen=True)
 class PrecisionPolicy:
@@ -405,6 +442,191 @@ def apply_with_policy(apply_fn: Callable, params: Any, x: Any, policy: str | Pre
     return cast_floating(out, policy.output_dtype)
 
 
+class PrecisionTower(nn.Module):
+    """A tower run under a precision policy: its layers compute in their own ``dtype`` (set by
+    :func:`with_precision`) and the output is cast to ``output_dtype`` before any covariance.
+
+    Parameters live under the ``"tower"`` key of this module's ``params``.
+    """
+
+    tower: nn.Module
+    output_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        return self.tower(x, train=train).astype(self.output_dtype)
+
+
+def with_precision(tower: nn.Module, policy: str | PrecisionPolicy) -> nn.Module:
+    """A :mod:`dcca_jax.towers` module (any module with ``dtype``/``param_dtype`` fields) under ``policy``.
+
+    ``with_precision(tower, "bfloat16")``: matrix products in bf16, parameters and optimiser state in
+    float32, outputs cast to float32 so that Eq. 4's covariances, the whitening and the objective run in
+    float32. The identity for ``"float32"``/``"float64"`` policies apart from the dtypes.
+    """
+    policy = precision_policy(policy)
+    inner = tower.clone(dtype=policy.compute_dtype, param_dtype=policy.param_dtype, parent=None)
+    return PrecisionTower(inner, output_dtype=policy.output_dtype)
+
+
+def data_parallel_dcca_step(
+    tower_v: nn.Module,
+    tower_s: nn.Module,
+    config,
+    mesh: Mesh,
+    *,
+    policy: str | PrecisionPolicy | None = None,
+    axis_name: str = DATA_AXIS,
+) -> Callable:
+    """:func:`dcca_jax.dcca.make_train_step` split over the data axis of ``mesh``.
+
+    The global batch ``(x_v, x_s)`` (rows divisible by the number of data-parallel devices) is split
+    over devices; the DCCA loss, its gradients and (with batch norm) the batch statistics are those of
+    the global batch, as on one device. With ``policy`` the towers are wrapped by
+    :func:`with_precision` (their params then sit under ``"tower"``: initialise them from the wrapped
+    modules).
+
+    Returns:
+      ``step(state, batch, rng) -> (state, metrics)`` over a ``dcca_jax.dcca.DCCATrainState``.
+    """
+    from dcca_jax import dcca  # deferred: dcca is the heavier module and imports nothing from here
+
+    if policy is not None:
+        tower_v, tower_s = with_precision(tower_v, policy), with_precision(tower_s, policy)
+    return shard_train_step(dcca.make_train_step(tower_v, tower_s, config), mesh, axis_name=axis_name)
+
+
+def _equal_local_rows(n_local: int) -> None:
+    if jax.process_count() == 1:
+        return
+    counts = np.asarray(multihost_utils.process_allgather(np.asarray([n_local], np.int64))).ravel()
+    if len(set(counts.tolist())) != 1:
+        raise ValueError(
+            f"every process must hold the same number of training rows for data-parallel steps; got {counts.tolist()} "
+            "(use process_slice(n, multiple_of=batch_size // process_count) to split the data)."
+        )
+
+
+def fit_dcca_data_parallel(
+    x_v,
+    x_s,
+    config,
+    mesh: Mesh,
+    *,
+    policy: str | PrecisionPolicy | None = None,
+    metrics_path: str | os.PathLike | None = None,
+):
+    r"""Trains DCCA (Eq. 3-7) data-parallel over ``mesh``, on one host or many.
+
+    Each process passes *its own* rows (numpy arrays or ``np.memmap`` slices, the same number on every
+    process); ``config.batch_size`` is the *global* batch, split evenly over processes and devices, so
+    the objective of every step is that of the global batch. Epoch ``e`` visits this process's rows in
+    the order ``default_rng([seed, e, process_index])``. With ``config.towers.residual_cca`` the towers
+    start at a linear CCA fitted by streaming statistics merged over all processes
+    (:func:`allreduce_stats`), i.e. on all the training rows.
+
+    Args:
+      x_v: ``(n_local, d_v)`` this process's visual rows.
+      x_s: ``(n_local, d_s)`` the paired semantic rows.
+      config: :func:`dcca_jax.dcca.default_dcca_config` (Adam only; ``epochs``, ``batch_size``,
+        ``learning_rate``, ``seed``, ``dtype``, towers, objective and ridges are used).
+      mesh: :func:`make_mesh` over all processes' devices.
+      policy: optional precision policy (:func:`with_precision`), e.g. ``"bfloat16"``.
+      metrics_path: JSON-lines file, one record per epoch, written by process 0.
+
+    Returns:
+      ``(state, history)``: the replicated ``DCCATrainState`` and the per-epoch records
+      (``epoch``, ``objective`` = mean batch objective, ``seconds``, ``samples_per_s``).
+
+    Raises:
+      ValueError: L-BFGS, a global batch not divisible over processes and devices, unequal rows per
+        process, or fewer rows than one batch.
+      dcca_jax.dcca.NonFiniteLossError: the loss became NaN/inf (with advice).
+    """
+    from dcca_jax import dcca
+    from dcca_jax.streaming import fit_from_stats, stats_from_arrays
+    from dcca_jax.towers import init_from_cca, make_tower
+
+    c = config
+    if c.optimizer != "adam":
+        raise ValueError(f"fit_dcca_data_parallel trains with minibatch Adam; got optimizer={c.optimizer!r}.")
+    if x_v.shape[0] != x_s.shape[0]:
+        raise ValueError(f"x_v and x_s must have the same number of rows; got shapes {x_v.shape} and {x_s.shape}.")
+    n_local = int(x_v.shape[0])
+    _equal_local_rows(n_local)
+    procs = jax.process_count()
+    devices = _axis_size(mesh, DATA_AXIS)
+    bs = int(c.batch_size)
+    if bs % devices or bs % procs:
+        raise ValueError(f"batch_size={bs} must be divisible by the {devices} data-parallel devices ({procs} processes).")
+    local_bs = bs // procs
+    steps = n_local // local_bs
+    if steps < 1:
+        raise ValueError(f"each process holds {n_local} rows, fewer than its share {local_bs} of batch_size={bs}.")
+    dt = dcca.DTYPES[c.dtype]
+    t = c.towers
+    kw = dict(out_dim=t.out_dim, activation=t.activation, batch_norm=t.batch_norm, dropout=t.dropout,
+              residual_cca=t.residual_cca, param_dtype=dt)
+    tv, ts = make_tower(hidden=t.visual_hidden, **kw), make_tower(hidden=t.semantic_hidden, **kw)
+    if policy is not None:
+        tv, ts = with_precision(tv, policy), with_precision(ts, policy)
+    init_rng, step_rng = jax.random.split(jax.random.key(int(c.seed)))
+    r_v, r_s = jax.random.split(init_rng)
+    var_v = tv.init(r_v, jnp.asarray(x_v[:2], dt))
+    var_s = ts.init(r_s, jnp.asarray(x_s[:2], dt))
+    params = {"visual": var_v["params"], "semantic": var_s["params"]}
+    if t.residual_cca:
+        k = min(int(t.out_dim), x_v.shape[1], x_s.shape[1])
+        stats = allreduce_stats(stats_from_arrays(x_v, x_s))
+        lin = fit_from_stats(stats, n_components=k, ridge_v=float(t.cca_init_ridge), ridge_s=float(t.cca_init_ridge))
+
+        def init(p, proj, mean):
+            if policy is not None:
+                return {**p, "tower": init_from_cca(p["tower"], proj=proj, mean=mean)}
+            return init_from_cca(p, proj=proj, mean=mean)
+
+        params = {"visual": init(params["visual"], lin.proj_v, lin.mean_v),
+                  "semantic": init(params["semantic"], lin.proj_s, lin.mean_s)}
+    batch_stats = {"visual": var_v.get("batch_stats", {}), "semantic": var_s.get("batch_stats", {})} if t.batch_norm else {}
+    state = replicate(dcca.DCCATrainState.create(apply_fn=None, params=params, tx=dcca.make_optimizer(c),
+                                                 batch_stats=batch_stats), mesh)
+    step = shard_train_step(dcca.make_train_step(tv, ts, c), mesh)
+    writer = None
+    if metrics_path is not None and jax.process_index() == 0:
+        pathlib.Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
+        writer = open(metrics_path, "a", encoding="utf-8")
+    history = []
+    try:
+        for epoch in range(int(c.epochs)):
+            t0 = time.perf_counter()
+            perm = np.random.default_rng([int(c.seed), epoch, jax.process_index()]).permutation(n_local)
+            objectives = []
+            for i in range(steps):
+                idx = np.sort(perm[i * local_bs:(i + 1) * local_bs])  # sorted: sequential reads from a memmap
+                batch = (np.asarray(x_v[idx], dt), np.asarray(x_s[idx], dt))
+                state, metrics = step(state, batch, step_rng)
+                objectives.append(metrics["objective"])
+            obj = float(np.mean(jax.device_get(objectives)))
+            if not math.isfinite(obj):
+                raise dcca.NonFiniteLossError(
+                    f"the DCCA objective became {obj} in epoch {epoch} (global batch {bs}, learning_rate="
+                    f"{c.learning_rate}, ridges {c.ridge_v}/{c.ridge_s}): lower the learning rate, raise the ridges, "
+                    "or use float32 outputs (precision policy 'bfloat16' keeps the objective in float32)."
+                )
+            secs = time.perf_counter() - t0
+            rec = {"epoch": epoch, "objective": obj, "seconds": secs, "samples_per_s": steps * bs / secs,
+                   "steps": int(state.step)}
+            history.append(rec)
+            logging.info("dcca data-parallel: epoch %d objective %.4f (%.1f samples/s)", epoch, obj, rec["samples_per_s"])
+            if writer is not None:
+                writer.write(json.dumps(rec) + "\n")
+                writer.flush()
+    finally:
+        if writer is not None:
+            writer.close()
+    return state, history
+
+
 # ------------------------------------------------------------------------------------- multi-host
 _ENV = {
     "coordinator_address": ("DCCA_COORDINATOR_ADDRESS", "JAX_COORDINATOR_ADDRESS"),
@@ -434,13 +656,15 @@ def initialize_distributed(
     local_device_ids=None,
     initialization_timeout: int = 300,
     cpu_collectives: str | None = "gloo",
+    auto: bool | None = None,
 ) -> bool:
     """Starts ``jax.distributed`` (one process per host) from arguments or the environment.
 
     Each argument left ``None`` is read from ``DCCA_<NAME>`` or ``JAX_<NAME>`` (``COORDINATOR_ADDRESS``
     as ``host:port``, ``NUM_PROCESSES``, ``PROCESS_ID``). When none is set but the process runs under
-    SLURM, Open MPI or on a Cloud TPU pod, JAX detects the cluster itself. Call it before any other JAX
-    call that touches devices.
+    SLURM, Open MPI or Kubernetes TPU jobs, JAX detects the cluster itself; on a Cloud TPU VM pod slice
+    pass ``auto=True`` (or set ``DCCA_DISTRIBUTED=auto``) to let JAX read the TPU metadata. Call it
+    before any other JAX call that touches devices.
 
     Args:
       coordinator_address: ``host:port`` of process 0.
@@ -450,6 +674,8 @@ def initialize_distributed(
       initialization_timeout: seconds to wait for the other processes.
       cpu_collectives: CPU cross-process collectives (``"gloo"``; ``None`` keeps JAX's setting). Needed
         only for CPU runs; harmless on GPU/TPU.
+      auto: call ``jax.distributed.initialize()`` without arguments (cluster auto-detection); default
+        from ``DCCA_DISTRIBUTED=auto``.
 
     Returns:
       True when a multi-process runtime is up (now or already), False for a plain single process.
@@ -465,8 +691,10 @@ def initialize_distributed(
     given = [v is not None for v in (coordinator_address, num_processes, process_id)]
     if cpu_collectives is not None:
         jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
+    if auto is None:
+        auto = os.environ.get("DCCA_DISTRIBUTED", "").lower() == "auto"
     if not any(given):
-        if any(os.environ.get(v) for v in _AUTODETECT_ENV):
+        if auto or any(os.environ.get(v) for v in _AUTODETECT_ENV):
             logging.info("initialize_distributed: cluster environment detected; letting JAX configure itself.")
             jax.distributed.initialize(local_device_ids=local_device_ids, initialization_timeout=initialization_timeout)
             return True

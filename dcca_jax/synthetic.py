@@ -13,9 +13,14 @@ shape in a colour with a surface texture. Its tags come from the content:
   square), candy (red AND striped), zebra (black AND striped), board (checkered square), fire (orange
   triangle), single / pair / crowd (exactly 1 / exactly 2 / at least 3 objects), colorful (at least 3
   distinct object colours), monochrome (at least 2 objects, all one colour), contrast (the largest object's
-  brightness class differs from the scene's: bright object on a dark scene or dark on bright, an XOR).
+  brightness class differs from the scene's: bright object on a dark scene or dark on bright, an XOR);
+- four more exclusive-or words, each about half of the images, of the scene's brightness (sky, sand and
+  indoor are bright) with one property: busy (XOR at least 3 objects), bold (XOR the largest object is
+  large), warm (XOR the largest object is red, orange or yellow), patterned (XOR the largest object is
+  textured). A linear read-out cannot represent an XOR of two features; these words are there so that a
+  nonlinear correlation model has something to win (experiments/bench_synthetic.py measures how much).
 
-40 words in all (:data:`VOCABULARY`). Scenes favour a typical object (the sky often has a yellow circle,
+44 words in all (:data:`VOCABULARY`). Scenes favour a typical object (the sky often has a yellow circle,
 grass a star, ...: ``prototype_rate``), as real photo collections do, which keeps the concept words
 frequent enough to learn.
 
@@ -32,7 +37,7 @@ Output (:func:`generate`) is an image folder that :func:`dcca_jax.datasets.load_
     out/truth.tsv                 the same with the noise-free tags
     out/train_list.txt            seeded split (test_fraction of the images in test)
     out/test_list.txt
-    out/vocabulary.txt            the 40 words
+    out/vocabulary.txt            the 44 words
     out/scenes.jsonl              the scene description of every image (scene, objects, attributes)
 
 Deterministic: image i depends only on (seed, i) (so a bigger dataset extends a smaller one with the same
@@ -58,6 +63,9 @@ __all__ = [
     "COLOURS",
     "TEXTURES",
     "CONCEPTS",
+    "CONJUNCTION_WORDS",
+    "COUNT_WORDS",
+    "XOR_WORDS",
     "VOCABULARY",
     "default_config",
     "SceneObject",
@@ -75,8 +83,11 @@ COLOURS = ("red", "orange", "yellow", "green", "blue", "purple", "white", "black
 TEXTURES = ("plain", "striped", "dotted", "checkered")
 CONCEPTS = (
     "large", "sun", "moon", "flower", "boat", "lamp", "ball", "flag", "candy", "zebra", "board", "fire",
-    "single", "pair", "crowd", "colorful", "monochrome", "contrast",
+    "single", "pair", "crowd", "colorful", "monochrome", "contrast", "busy", "bold", "warm", "patterned",
 )
+CONJUNCTION_WORDS = ("sun", "moon", "flower", "boat", "lamp", "ball", "flag", "candy", "zebra", "board", "fire")
+COUNT_WORDS = ("single", "pair", "crowd", "colorful", "monochrome")
+XOR_WORDS = ("contrast", "busy", "bold", "warm", "patterned")
 VOCABULARY = SCENES + SHAPES + COLOURS + tuple(t for t in TEXTURES if t != "plain") + CONCEPTS
 
 _RGB = {
@@ -205,9 +216,17 @@ def scene_tags(scene: Scene, *, large_fraction: float = 0.2) -> list[str]:
     if len(objs) >= 2 and len(colours) == 1:
         tags.add("monochrome")
     biggest = max(objs, key=lambda o: o.radius)
-    if biggest.colour in _BRIGHT_COLOURS | _DARK_COLOURS:
-        if (biggest.colour in _BRIGHT_COLOURS) != (scene.scene in _BRIGHT_SCENES):
-            tags.add("contrast")
+    bright = scene.scene in _BRIGHT_SCENES
+    if biggest.colour in _BRIGHT_COLOURS | _DARK_COLOURS and (biggest.colour in _BRIGHT_COLOURS) != bright:
+        tags.add("contrast")
+    if bright != (len(objs) >= 3):
+        tags.add("busy")
+    if bright != (biggest.radius > large_fraction):
+        tags.add("bold")
+    if bright != (biggest.colour in ("red", "orange", "yellow")):
+        tags.add("warm")
+    if bright != (biggest.texture != "plain"):
+        tags.add("patterned")
     return [w for w in VOCABULARY if w in tags]
 
 

@@ -8,6 +8,7 @@ representations can be compared on real features before those land.
 from __future__ import annotations
 
 import hashlib
+import os
 import pathlib
 
 import numpy as np
@@ -20,7 +21,9 @@ MODEL = "models/mobilenet_v2_1.0_224_quant/mobilenet_v2_1.0_224_quant.tflite"
 
 def tflite_features(paths, *, shared: pathlib.Path, cache: pathlib.Path) -> np.ndarray:
     """(n, 1280) dequantised MobileNetV2 AvgPool features (shorter side to 224, centre crop), cached."""
-    key = hashlib.sha256("\n".join(map(str, paths)).encode()).hexdigest()[:16]
+    # Keyed on path, size and mtime of every image: a regenerated dataset at the same paths is not reused.
+    stats = [f"{p}:{os.stat(p).st_size}:{os.stat(p).st_mtime_ns}" for p in paths]
+    key = hashlib.sha256("\n".join(stats).encode()).hexdigest()[:16]
     out = cache / f"mnv2_{key}.npy"
     if out.is_file():
         return np.load(out)

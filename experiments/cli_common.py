@@ -13,6 +13,15 @@ from dcca_jax.pipeline import PipelineError, run_pipeline
 USER_ERRORS = (PipelineError, FileNotFoundError, NotADirectoryError, ValueError, KeyError)
 
 
+class _QuietLibraries:
+    """Drops orbax's per-checkpoint INFO chatter from the console (warnings and errors still show)."""
+
+    def filter(self, record) -> bool:
+        import logging as py_logging
+
+        return record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname
+
+
 def parse_flags(argv):
     """absl's flag parsing, with bad flags and bad ``--config.x=y`` overrides as one-line errors."""
     from absl import flags
@@ -30,6 +39,7 @@ def run(argv, fn: Callable[[], None]) -> None:
     if len(argv) > 1:
         sys.exit(f"error: unexpected arguments {argv[1:]} (flags are --name=value)")
     logging.set_verbosity(logging.INFO)
+    logging.get_absl_handler().addFilter(_QuietLibraries())
     try:
         fn()
     except USER_ERRORS as e:

@@ -75,6 +75,34 @@ def init_state():
     return train_state.TrainState.create(apply_fn=None, params=two_tower_params(), tx=optax.sgd(LR))
 
 
+def dcca_setup(policy=None):
+    """DeepCCA's own towers and train step (batch norm and dropout on, so both see the global batch)."""
+    import jax
+    import jax.numpy as jnp
+
+    from dcca_jax import dcca
+    from dcca_jax.distributed import with_precision
+    from dcca_jax.towers import make_tower
+
+    cfg = dcca.default_dcca_config()
+    cfg.towers.update(visual_hidden=(16,), semantic_hidden=(16,), out_dim=O, batch_norm=True, dropout=0.1)
+    cfg.learning_rate = 1e-2
+    # float64 parameters without a policy, so the sharded/unsharded comparison is at float64 round-off.
+    kw = dict(hidden=(16,), out_dim=O, batch_norm=True, dropout=0.1, activation="sigmoid")
+    tv = make_tower(**kw, param_dtype=jnp.float64 if policy is None else jnp.float32)
+    ts = make_tower(**kw, param_dtype=jnp.float64 if policy is None else jnp.float32)
+    if policy is not None:
+        tv, ts = with_precision(tv, policy), with_precision(ts, policy)
+    x_v, x_s = data()
+    var_v = tv.init(jax.random.key(0), x_v[:2])
+    var_s = ts.init(jax.random.key(1), x_s[:2])
+    state = dcca.DCCATrainState.create(
+        apply_fn=None, params={"visual": var_v["params"], "semantic": var_s["params"]},
+        tx=dcca.make_optimizer(cfg), batch_stats={"visual": var_v["batch_stats"], "semantic": var_s["batch_stats"]},
+    )
+    return tv, ts, cfg, state
+
+
 def conv_params():
     import jax
 
@@ -99,6 +127,38 @@ def images(n=37):
     return np.random.default_rng(2).integers(0, 256, size=(n, 12, 12, 3), dtype=np.uint8)
 
 
+def tiny_backbone():
+    """dcca_jax.extract.Backbone around conv_net (12 x 12 crops), for the extraction pipeline."""
+    import functools
+
+    import jax
+
+    from dcca_jax.extract import Backbone
+    from dcca_jax.images import Preprocess
+
+    pre = Preprocess(size=12, crop_fraction=1.0, normalisation="mobilenet_v2")
+    return Backbone("tiny", jax.jit(functools.partial(conv_net, conv_params())), pre, 5, {"backbone": "tiny"})
+
+
+def write_images(folder, n=11):
+    """n small RGB PNGs of different sizes (the extraction pipeline resizes and crops them)."""
+    import pathlib
+
+    import numpy as np
+    from PIL import Image
+
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(4)
+    paths = []
+    for i in range(n):
+        h, w = 14 + i, 20 - i // 2
+        p = folder / f"img_{i:02d}.png"
+        Image.fromarray(rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)).save(p)
+        paths.append(str(p))
+    return paths
+
+
 def _flat(tree):
     import jax
     import numpy as np
@@ -107,6 +167,8 @@ def _flat(tree):
 
 
 def run_multidevice(out):
+    import functools
+
     import jax
     import numpy as np
 
@@ -132,6 +194,15 @@ def run_multidevice(out):
     )(dist.shard_batch(x_v, mesh), dist.shard_batch(x_s, mesh))
     extracted = dist.shard_batch_apply(conv_net, conv_params(), images(), mesh)
     extracted_blocks = dist.shard_batch_apply(conv_net, conv_params(), images(), mesh, per_device_batch=2)
+    extracted_closure = dist.sharded_apply(functools.partial(conv_net, conv_params()), mesh)(images())
+    from dcca_jax.extract import extract_features
+
+    paths = write_images(os.path.join(os.path.dirname(out), "imgs"))
+    pipeline = extract_features(paths, backbone=dist.shard_backbone(tiny_backbone(), mesh), batch_size=8)
+    tv, ts, cfg, dstate = dcca_setup()
+    dstep = dist.data_parallel_dcca_step(tv, ts, cfg, mesh)
+    dstate1, dmetrics1 = dstep(dstate, (x_v, x_s), rng)
+    dstate2, dmetrics2 = dstep(dstate1, (x_v, x_s), rng)
     ref_cov = view_covariances(x_v, x_s, ridge_v=1e-3, ridge_s=1e-3)
     np.savez(
         out,
@@ -144,6 +215,12 @@ def run_multidevice(out):
         cov_err=max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in zip(cov, ref_cov)),
         extracted=np.asarray(extracted),
         extracted_blocks=np.asarray(extracted_blocks),
+        extracted_closure=np.asarray(extracted_closure),
+        pipeline=pipeline.features,
+        dcca_loss=np.asarray([dmetrics1["loss"], dmetrics2["loss"]]),
+        dcca_grad_norm=np.asarray([dmetrics1["grad_norm"], dmetrics2["grad_norm"]]),
+        dcca_params2=_flat(dstate2.params),
+        dcca_stats2=_flat(dstate2.batch_stats),
         n_all_gather=hlo.count(" all-gather("),
         n_all_reduce=hlo.count(" all-reduce("),
         n_devices=len(jax.devices()),

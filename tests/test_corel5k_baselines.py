@@ -59,6 +59,8 @@ def _tiny_config(root: pathlib.Path):
     c.transfer_grids.freq = {"k": [5], "freq_power": [0.5]}
     c.transfer_grids.two_pass = {"method": ["2pknn"], "weighting": ["exp"], "k1": [1, 2], "temperature": [0.1]}
     c.transfer_grids.corr_power = {"k": [5], "corr_power": [2.0]}
+    c.transfer_grids.two_pass_freq = {"method": ["2pknn"], "weighting": ["exp"], "k1": [1], "temperature": [0.1],
+                                      "freq_power": [0.25], "against": ["semantic"]}
     c.cca_knn.seeds = [0, 1]
     c.cca_knn.w2v_dim = 6
     c.cca_knn.w2v_epochs = 5
@@ -115,3 +117,23 @@ def test_load_corel5k_labels_real_split():
 def test_load_corel5k_labels_names_missing_file(tmp_path):
     with pytest.raises(ValueError, match="corel5k_words.txt"):
         corel5k.load_corel5k_labels(tmp_path)
+
+
+def test_wait_for_file_names_missing_path(tmp_path):
+    with pytest.raises(ValueError, match="never.npz"):
+        corel5k.wait_for_file(tmp_path / "never.npz", timeout_s=0.0, poll_s=0.0)
+
+
+def test_load_features_checks_id_order(tmp_path):
+    y_tr, y_te, x_tr, x_te = _fixture(tmp_path, n_train=6, n_test=3)
+    c = _tiny_config(tmp_path)
+    data = corel5k.load_corel5k_labels(tmp_path)
+    xtr, xte = corel5k.load_features(c, data)
+    np.testing.assert_allclose(xtr, x_tr)
+    np.savez(tmp_path / "feats.npz", train=x_tr, test=x_te, train_ids=np.array(data.train_ids[::-1]),
+             test_ids=np.array(data.test_ids))
+    with pytest.raises(ValueError, match="train_ids"):
+        corel5k.load_features(c, data)
+    np.savez(tmp_path / "feats.npz", train=x_tr[:5], test=x_te)
+    with pytest.raises(ValueError, match=r"\(5, 12\)"):
+        corel5k.load_features(c, data)

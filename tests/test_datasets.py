@@ -162,6 +162,11 @@ def _write_nus(root: pathlib.Path, with_images=True):
             (root / "Groundtruth" / "TrainTestLabels" / f"Labels_{c}_{name}.txt").write_text(
                 "".join(f"{r[j]}\n" for r in m)
             )
+    # The "all_tags" files: Imagelist.txt (train then test here) and All_Tags.txt, "<flickr id> tags" per line.
+    (root / "ImageList" / "Imagelist.txt").write_text("\n".join(train + test) + "\n")
+    raw = ["dog cat puppy", "blue sky", "blue sea beach", "sea", ""]
+    ids = [line.rsplit("_", 1)[1].split(".")[0] for line in train + test]
+    (root / "NUS_WID_Tags" / "All_Tags.txt").write_text("".join(f"{i}      {t}\n" for i, t in zip(ids, raw)))
     if with_images:
         for line in train + test:
             _img(root / "Flickr" / line.replace("C:\\ImageData\\Flickr\\", "").replace("\\", "/"))
@@ -178,6 +183,13 @@ def test_nus_wide_fixture(tmp_path):
     np.testing.assert_array_equal(d.test.extra["concepts81"], [[0, 0, 1], [1, 0, 0]])
     assert d.train.image_paths[0] == tmp_path / "Flickr" / "actor" / "0001_2124494179.jpg"
     assert d.info["untagged"]["test"] == 1
+    a = ds.load_nus_wide(tmp_path, tag_set="all_tags")
+    # No Final_Tag_List.txt: the vocabulary is the sorted training tags; "sea" also occurs in test.
+    assert a.vocabulary == ("beach", "blue", "cat", "dog", "puppy", "sea", "sky")
+    assert a.train.tags[0] == ("cat", "dog", "puppy") and a.test.tags == (("sea",), ())
+    (tmp_path / "NUS_WID_Tags" / "Final_Tag_List.txt").write_text("sea\nsky\ndog\n")
+    a = ds.load_nus_wide(tmp_path, tag_set="all_tags")
+    assert a.vocabulary == ("sea", "sky", "dog") and a.info["dropped_tags"]["train"]["blue"] == 2
     c = ds.load_nus_wide(tmp_path, tag_set="concepts81")
     assert c.vocabulary == tuple(concepts) and c.train.tags[2] == ("sky", "water")
 
@@ -186,6 +198,11 @@ def test_nus_wide_errors(tmp_path):
     _write_nus(tmp_path, with_images=False)
     d = ds.load_nus_wide(tmp_path)
     assert d.train.image_paths is None
+    tags_file = tmp_path / "NUS_WID_Tags" / "All_Tags.txt"
+    lines = tags_file.read_text().splitlines()
+    tags_file.write_text("\n".join([lines[1], lines[0], *lines[2:]]) + "\n")
+    with pytest.raises(ValueError, match=r"All_Tags.txt:1: photo id '1' does not match image 'actor/0001_2124494179.jpg'"):
+        ds.load_nus_wide(tmp_path, tag_set="all_tags")
     p = tmp_path / "Groundtruth" / "TrainTestLabels" / "Labels_sky_Test.txt"
     p.write_text("0\n1\n1\n")
     with pytest.raises(ValueError, match=r"Labels_sky_Test.txt: 3 rows, but .*TestImagelist.txt lists 2"):

@@ -126,6 +126,12 @@ def test_semantic_view_entry_point_and_round_trip(tmp_path):
     for g in (["sky", "cloud", "sun"], ["sea", "wave", "beach"], ["tiger", "cat", "grass"], ["car", "road", "city"]):
         assert len({a[t] for t in g}) == 1
     assert len(set(a.values())) == 4
+    # A single tag's vector is the unit vector of its deep word.
+    tv, rep = view.encoder.tag_vectors(["sky", "zebra"])
+    expect = np.zeros(4)
+    expect[a["sky"]] = 1.0
+    np.testing.assert_allclose(np.asarray(tv[0]), expect)
+    assert rep.empty_rows == [1]
     back = dw.SemanticEncoder.load(view.encoder.save(tmp_path / "enc"))
     np.testing.assert_array_equal(np.asarray(back.encode(test)[0]), np.asarray(view.others[0]))
     # The other representations through the same entry point.

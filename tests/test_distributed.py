@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dcca_jax import dcca
 from dcca_jax import distributed as dist
 from dcca_jax.objectives import view_covariances
 from dcca_jax.streaming import stats_from_arrays
@@ -58,7 +59,22 @@ def single_device_reference():
     )
 
 
-def test_eight_devices_equal_one_device(tmp_path, single_device_reference):
+@pytest.fixture(scope="module")
+def single_device_dcca():
+    """Two steps of dcca_jax.dcca's own train step on one device."""
+    tv, ts, cfg, state = W.dcca_setup()
+    step = dcca.make_train_step(tv, ts, cfg)
+    x_v, x_s = W.data()
+    rng = jax.random.key(7)
+    s1, m1 = step(state, (jnp.asarray(x_v), jnp.asarray(x_s)), rng)
+    s2, m2 = step(s1, (jnp.asarray(x_v), jnp.asarray(x_s)), rng)
+    return dict(
+        loss=np.asarray([m1["loss"], m2["loss"]]), grad_norm=np.asarray([m1["grad_norm"], m2["grad_norm"]]),
+        params2=_flat(s2.params), stats2=_flat(s2.batch_stats),
+    )
+
+
+def test_eight_devices_equal_one_device(tmp_path, single_device_reference, single_device_dcca):
     out = tmp_path / "md.npz"
     proc = subprocess.run(
         [sys.executable, str(WORKER), "multidevice", str(out)],
@@ -84,10 +100,26 @@ def test_eight_devices_equal_one_device(tmp_path, single_device_reference):
     assert float(z["cov_err"]) < 1e-13
     s_vv, s_ss, s_vs = view_covariances(*W.data(), ridge_v=1e-3, ridge_s=1e-3)
     np.testing.assert_allclose(z["cov"], np.concatenate([np.ravel(s_vv), np.ravel(s_ss), np.ravel(s_vs)]), atol=1e-13)
+    # DeepCCA's own step (batch norm + dropout): global-batch statistics, same loss, gradients, params.
+    ref_d = single_device_dcca
+    np.testing.assert_allclose(z["dcca_loss"], ref_d["loss"], rtol=1e-12)
+    np.testing.assert_allclose(z["dcca_grad_norm"], ref_d["grad_norm"], rtol=1e-10)
+    # atol 1e-9: the biases before batch norm have a zero gradient in exact arithmetic; Adam turns their
+    # round-off (1e-17, summed in a different order over 8 devices) into updates of lr * g / (|g| + eps).
+    np.testing.assert_allclose(z["dcca_params2"], ref_d["params2"], rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(z["dcca_stats2"], ref_d["stats2"], atol=1e-12)
     # Sharded extraction (37 images: padded to 40 over 8 devices; and blocks of 2 per device) = unsharded.
     want = np.asarray(W.conv_net(W.conv_params(), jnp.asarray(W.images())))
     np.testing.assert_allclose(z["extracted"], want, atol=1e-12)
     np.testing.assert_allclose(z["extracted_blocks"], want, atol=1e-12)
+    np.testing.assert_allclose(z["extracted_closure"], want, atol=1e-12)
+    # dcca_jax.extract's pipeline with the backbone sharded over 8 devices = unsharded, image by image.
+    from dcca_jax.extract import extract_features
+
+    paths = W.write_images(tmp_path / "imgs")
+    plain = extract_features(paths, backbone=W.tiny_backbone(), batch_size=8)
+    assert plain.ok.all()
+    np.testing.assert_allclose(z["pipeline"], plain.features, atol=1e-6)
 
 
 def _free_port() -> int:
@@ -135,15 +167,6 @@ def test_two_processes_equal_one_process(tmp_path, single_device_reference):
 
 
 # ------------------------------------------------------------------------------- in-process checks
-def test_shard_train_step_on_this_process_devices(single_device_reference):
-    mesh = dist.make_mesh()
-    x_v, x_s = W.data()
-    step = dist.shard_train_step(dist.make_train_step(W.loss_fn), mesh)
-    state, metrics = step(W.init_state(), {"x_v": x_v, "x_s": x_s}, jax.random.key(7))
-    np.testing.assert_allclose(float(metrics["loss"]), single_device_reference["loss"], rtol=1e-12)
-    np.testing.assert_allclose(_flat(state.params), single_device_reference["params1"], atol=1e-13)
-
-
 def test_shard_batch_apply_pads_and_blocks():
     mesh = dist.make_mesh()
     imgs = W.images(13)
@@ -183,7 +206,7 @@ def test_initialize_distributed_from_environment(monkeypatch):
     for names in dist._ENV.values():
         for v in names:
             monkeypatch.delenv(v, raising=False)
-    for v in dist._AUTODETECT_ENV:
+    for v in (*dist._AUTODETECT_ENV, "DCCA_DISTRIBUTED"):
         monkeypatch.delenv(v, raising=False)
     assert dist.initialize_distributed(cpu_collectives=None) is False
     assert dist.initialize_distributed(num_processes=1, cpu_collectives=None) is False
@@ -228,3 +251,57 @@ def test_bfloat16_policy_towers_in_bf16_objective_in_float32():
     assert cos > 0.98
     with pytest.raises(ValueError, match="unknown precision policy 'bf8'"):
         dist.precision_policy("bf8")
+
+
+@pytest.mark.slow
+def test_dcca_step_with_bfloat16_towers():
+    tv, ts, cfg, state = W.dcca_setup("bfloat16")
+    tv32, ts32, _, state32 = W.dcca_setup("float32")
+    x_v, x_s = (jnp.asarray(a, jnp.float32) for a in W.data())
+    rng = jax.random.key(7)
+    s_lo, m_lo = dcca.make_train_step(tv, ts, cfg)(state, (x_v, x_s), rng)
+    _, m_hi = dcca.make_train_step(tv32, ts32, cfg)(state32, (x_v, x_s), rng)
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(s_lo.params))
+    assert np.isfinite(float(m_lo["loss"])) and np.isfinite(float(m_lo["grad_norm"]))
+    assert float(m_lo["loss"]) != float(m_hi["loss"])
+    np.testing.assert_allclose(float(m_lo["loss"]), float(m_hi["loss"]), rtol=0.02)
+
+
+def test_fit_dcca_data_parallel_starts_at_cca_and_improves(tmp_path):
+    from dcca_jax.cca import fit_linear_cca
+    from dcca_jax.objectives import correlation_objective
+
+    x_v, x_s = W.data()
+    x_v = np.concatenate([x_v, x_v * 0.5 + 0.1], axis=0)  # 192 rows: two global batches of 96
+    x_s = np.concatenate([x_s, x_s], axis=0)
+    cfg = dcca.default_dcca_config()
+    cfg.towers.update(visual_hidden=(8,), semantic_hidden=(8,), out_dim=3, residual_cca=True, cca_init_ridge=1e-3)
+    cfg.update(batch_size=96, epochs=0, learning_rate=1e-2, dtype="float64")
+    mesh = dist.make_mesh()
+    state0, hist0 = dist.fit_dcca_data_parallel(x_v, x_s, cfg, mesh)
+    assert hist0 == []
+    # Residual towers start exactly at the linear CCA fitted from streamed statistics (Eq. 8).
+    from dcca_jax.towers import make_tower
+
+    tv = make_tower(hidden=(8,), out_dim=3, residual_cca=True, param_dtype=jnp.float64)
+    ts = make_tower(hidden=(8,), out_dim=3, residual_cca=True, param_dtype=jnp.float64)
+    h_v = tv.apply({"params": state0.params["visual"]}, jnp.asarray(x_v))
+    h_s = ts.apply({"params": state0.params["semantic"]}, jnp.asarray(x_s))
+    lin = fit_linear_cca(x_v, x_s, n_components=3, ridge_v=1e-3, ridge_s=1e-3)
+    np.testing.assert_allclose(np.asarray(h_v), np.asarray((x_v - lin.mean_v) @ lin.proj_v), atol=1e-10)
+    cfg.epochs = 4
+    metrics = tmp_path / "m.jsonl"
+    state, hist = dist.fit_dcca_data_parallel(x_v, x_s, cfg, mesh, metrics_path=metrics)
+    assert [h["epoch"] for h in hist] == [0, 1, 2, 3] and int(state.step) == 8
+    assert len(metrics.read_text().splitlines()) == 4
+    h_v = tv.apply({"params": state.params["visual"]}, jnp.asarray(x_v))
+    h_s = ts.apply({"params": state.params["semantic"]}, jnp.asarray(x_s))
+    before = float(np.sum(np.asarray(lin.correlations)))
+    after = float(correlation_objective(h_v, h_s, ridge_v=cfg.ridge_v, ridge_s=cfg.ridge_s))
+    assert after > before
+    cfg.batch_size = 400
+    with pytest.raises(ValueError, match="holds 192 rows, fewer than its share 400 of batch_size=400"):
+        dist.fit_dcca_data_parallel(x_v, x_s, cfg, mesh)
+    cfg.optimizer = "lbfgs"
+    with pytest.raises(ValueError, match="optimizer='lbfgs'"):
+        dist.fit_dcca_data_parallel(x_v, x_s, cfg, mesh)

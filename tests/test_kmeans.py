@@ -12,6 +12,15 @@ from scipy.cluster.vq import kmeans2
 from dcca_jax import kmeans as km
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _fast_compile():
+    # These tests compile many small programs; XLA's optimisations cost more than they save here.
+    old = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", old)
+
+
 def test_hand_checked_case():
     # Two obvious groups on a line: {0, 1, 2} and {10, 12}; start from the two leftmost points.
     x = np.array([[0.0], [1.0], [2.0], [10.0], [12.0]])

@@ -13,31 +13,34 @@ def _obj(shape="circle", colour="red", texture="plain", r=0.1, cx=0.5, cy=0.5):
 
 
 def test_vocabulary_size_and_uniqueness():
-    assert len(synthetic.VOCABULARY) == len(set(synthetic.VOCABULARY)) == 40
+    assert len(synthetic.VOCABULARY) == len(set(synthetic.VOCABULARY)) == 44
+    assert set(synthetic.CONJUNCTION_WORDS + synthetic.COUNT_WORDS + synthetic.XOR_WORDS + ("large",)) == set(
+        synthetic.CONCEPTS
+    )
 
 
 @pytest.mark.parametrize(
     "scene, expect",
     [
         # Yellow circle in the sky: sun; yellow (bright) on a bright scene: no contrast; one object: single.
-        (Scene("sky", (_obj(colour="yellow", r=0.25),)), ["sky", "circle", "yellow", "large", "sun", "single"]),
+        (Scene("sky", (_obj(colour="yellow", r=0.25),)), ["sky", "circle", "yellow", "large", "sun", "single", "busy", "patterned"]),
         # The same circle at night: no sun, but a bright object on a dark scene: contrast (the XOR).
-        (Scene("night", (_obj(colour="yellow"),)), ["night", "circle", "yellow", "single", "contrast"]),
+        (Scene("night", (_obj(colour="yellow"),)), ["night", "circle", "yellow", "single", "contrast", "warm"]),
         # Red striped square + black striped cross: candy, flag, zebra; two colours, two objects.
         (
             Scene("sand", (_obj("square", "red", "striped", r=0.2), _obj("cross", "black", "striped"))),
-            ["sand", "square", "cross", "red", "black", "striped", "flag", "candy", "zebra", "pair"],
+            ["sand", "square", "cross", "red", "black", "striped", "flag", "candy", "zebra", "pair", "busy", "bold"],
         ),
         # Three blue objects: crowd and monochrome, dark biggest object on a bright scene: contrast.
         (
             Scene("indoor", (_obj("star", "blue", r=0.15), _obj("star", "blue"), _obj("circle", "blue", "dotted"))),
-            ["indoor", "circle", "star", "blue", "dotted", "ball", "crowd", "monochrome", "contrast"],
+            ["indoor", "circle", "star", "blue", "dotted", "ball", "crowd", "monochrome", "contrast", "bold", "warm", "patterned"],
         ),
         # Checkered square, orange triangle, green star on grass: board, fire, flower, colorful.
         (
             Scene("grass", (_obj("square", "white", "checkered", r=0.2), _obj("triangle", "orange"), _obj("star", "green"))),
             ["grass", "square", "triangle", "star", "orange", "green", "white", "checkered",
-             "flower", "board", "fire", "crowd", "colorful", "contrast"],
+             "flower", "board", "fire", "crowd", "colorful", "contrast", "busy", "patterned"],
         ),
     ],
 )

@@ -72,7 +72,11 @@ def train_tag_word2vec(labels: ArrayLike, words: Sequence[str], *, dim: int = 10
     Returns:
       (V, dim) float32 vectors, row w for ``words[w]``.
     """
+    import logging as py_logging
+
     from gensim.models import Word2Vec  # heavy import, needed only here
+
+    py_logging.getLogger("gensim").setLevel(py_logging.WARNING)  # one INFO line per epoch otherwise
 
     y = np.asarray(labels) > 0
     if y.shape[1] != len(words):

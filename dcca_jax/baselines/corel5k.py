@@ -18,6 +18,7 @@ Entry point: :func:`run_corel5k_baselines` (``experiments/corel5k_baselines.py``
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import json
 import os
@@ -36,8 +37,8 @@ from dcca_jax.base import correlation_score_curve
 from dcca_jax.baselines import cca_knn, general_cca, jec
 
 # general CCA transfer variants ("general_cca+<variant>") -> their grid in config.transfer_grids
-TRANSFER_VARIANTS = {"knn": "knn", "freq": "freq", "2pknn": "two_pass", "corr_power": "corr_power",
-                     "tag_ranking": "tag_ranking"}
+TRANSFER_VARIANTS = {"knn": "knn", "freq": "freq", "2pknn": "two_pass", "2pknn_freq": "two_pass_freq",
+                     "corr_power": "corr_power", "tag_ranking": "tag_ranking"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +111,12 @@ def load_features(config: ml_collections.ConfigDict, data: Corel5kLabels) -> tup
         raise ValueError(f"{path}: features train {xtr.shape} / test {xte.shape} do not match the "
                          f"{len(data.train_ids)} / {len(data.test_ids)} images of the split")
     return xtr, xte
+
+
+def _sha256(path: str | os.PathLike) -> str | None:
+    """Content hash of a file (features are shared artifacts that can be rewritten between runs)."""
+    p = pathlib.Path(path)
+    return hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
 
 
 def _grid(spec: dict[str, Iterable[Any]] | ml_collections.ConfigDict) -> list[dict[str, Any]]:
@@ -253,6 +260,7 @@ def run_corel5k_baselines(config: ml_collections.ConfigDict, workdir: str | os.P
     needs_cnn = [m for m in methods if m not in ("most_frequent", "jec")]
     if needs_cnn:
         xtr, xte = load_features(config, data)
+        results["protocol"]["features_sha256"] = _sha256(config.features_path)
         val_split = _Split(xtr[fit_idx], y_tr[fit_idx], xtr[val_idx], y_tr[val_idx])
         full_split = _Split(xtr, y_tr, xte, y_te)
         eye = np.eye(len(data.words))

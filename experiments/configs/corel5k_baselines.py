@@ -19,7 +19,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.wait_features_s = 3600.0
     c.jec_cache = "/work/cache/recommend/corel5k_jec.npz"
     c.methods = ["most_frequent", "raw_knn", "jec", "general_cca", "general_cca+freq", "general_cca+2pknn",
-                 "general_cca+corr_power", "general_cca+tag_ranking", "cca_knn"]
+                 "general_cca+2pknn_freq", "general_cca+corr_power", "general_cca+tag_ranking", "cca_knn"]
     c.reference = "general_cca"  # bootstrap intervals are differences to this method
     c.seed = 0
     c.val_size = 500
@@ -34,15 +34,17 @@ def get_config() -> ml_collections.ConfigDict:
         "pca_dims": [0, 300], "ridge_v": [0.01, 0.1, 1.0], "ridge_s": [0.01, 0.1], "n_components": [50, 100, 150]})
     c.transfer_grids = ml_collections.ConfigDict({
         "knn": {"k": [5, 10, 20], "against": ["visual", "semantic"]},
-        "freq": {"k": [10, 20, 40], "freq_power": [0.25, 0.5, 0.75, 1.0]},
-        "two_pass": {"method": ["2pknn"], "weighting": ["exp"], "k1": [1, 2, 3, 5],
-                     "temperature": [0.02, 0.05, 0.1]},
-        "corr_power": {"k": [5, 10, 20], "corr_power": [1.0, 2.0, 4.0]},
+        "freq": {"k": [10, 20, 40], "freq_power": [0.25, 0.5, 0.75], "against": ["visual", "semantic"]},
+        "two_pass": {"method": ["2pknn"], "weighting": ["exp"], "k1": [1, 2, 3], "temperature": [0.05, 0.1, 0.2],
+                     "against": ["visual", "semantic"]},
+        "two_pass_freq": {"method": ["2pknn"], "weighting": ["exp"], "k1": [1, 2], "temperature": [0.05, 0.1],
+                          "freq_power": [0.1, 0.25, 0.5], "against": ["visual", "semantic"]},
+        "corr_power": {"k": [5, 10, 20], "corr_power": [1.0, 2.0, 4.0], "against": ["visual", "semantic"]},
         "tag_ranking": {"method": ["tag_ranking"]},
     })
     c.cca_knn = ml_collections.ConfigDict({
         "seeds": [0, 1, 2], "w2v_dim": 100, "w2v_window": 5, "w2v_epochs": 50,
-        "pca_dims": [0, 300], "ridge_v": [0.01, 0.1, 1.0], "ridge_s": [1e-3, 1e-2], "n_components": [50, 100],
-        "transfer": {"k": [5, 10, 20], "corr_power": [0.0, 1.0, 2.0, 4.0]},
+        "pca_dims": [0, 300], "ridge_v": [0.1, 1.0], "ridge_s": [1e-2], "n_components": [50, 100],
+        "transfer": {"k": [5, 10, 20], "corr_power": [0.0, 2.0, 4.0]},
     })
     return c

@@ -40,6 +40,7 @@ def get_config():
     c.dcca.weight_decay = 1e-4
     c.dcca.ridge_v = 1e-3
     c.dcca.ridge_s = 1e-3
+    c.dcca.checkpoint_every = 50
 
     c.general_cca.pca_dims = 128
     c.general_cca.n_components = 20

@@ -3,7 +3,7 @@ r"""Semantic view (skip-gram deep words) of Corel5k.
   python experiments/semantic_view.py --config=experiments/configs/semantic.py --workdir=runs/semantic
 
 Writes runs/semantic/semantic_{train,test}.npy ((4500, 100) and (499, 100) bags of deep words), the fitted
-encoder and semantic_report.json. Expected: about 10 s on 2 CPU cores; 0 unknown test tags (the Corel5k
+encoder and semantic_report.json. Expected: about 15 s on 2 (shared) CPU cores; 0 unknown test tags (the Corel5k
 vocabulary is shared), 7 all-zero training rows (the 7 untagged images).
 Override on the command line, e.g. --config.semantic.representation=bag_of_words.
 """

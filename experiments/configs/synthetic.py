@@ -3,7 +3,7 @@ r"""The built-in synthetic tagged-scene dataset (1200 images, 128x128, 40 words)
   python experiments/make_synthetic.py --config=experiments/configs/synthetic.py --out=data/synthetic
 
 Then load it with dcca_jax.datasets.load_image_folder("data/synthetic") (960 train / 240 test).
-Takes about 15 s on 2 CPU cores and about 40 MB of PNGs.
+Takes about 25 s on 2 (shared) CPU cores and about 40 MB of PNGs.
 """
 import ml_collections
 
