@@ -5,6 +5,8 @@ r"""Visual view of Corel5k: images -> MobileNetV2 (ImageNet, TFLite weights) 128
 Writes runs/visual/features_{train,test}.npy ((4500, 1280), (499, 1280)), codes_{train,test}.npy (300-d),
 summary.json (images/s, AE held-out MSE and variance retained, PCA-300 for reference). ../shared is found
 beside the repository (or at $DCCA_SHARED). A rerun resumes from the feature cache and the AE checkpoints.
+Expected (2 busy CPU cores): about 20 images/s, 4,999 images in about 4 minutes, 0 failed; the AE stops at
+epoch 41 keeping epoch 21, held-out (test) MSE 0.0783 and variance retained 0.805 (PCA-300: 0.0807, 0.799).
 AlexNet instead (weights from a torchvision/Caffe-layout .npz or .safetensors, see BUILD.md):
   --config.model.backbone=alexnet --config.model.alexnet.weights_path=/path/alexnet.npz
 """
