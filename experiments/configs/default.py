@@ -17,6 +17,8 @@ def get_config():
     c.data.synthetic.image_size = 128
 
     c.visual.autoencoder.code_dim = 128
+    c.visual.autoencoder.architecture = "pca_residual"
+    c.visual.autoencoder.learning_rate = 1e-4
     c.visual.autoencoder.hidden_sizes = (512,)
     c.visual.autoencoder.max_epochs = 60
 
