@@ -172,7 +172,7 @@ def make_train_step(tower_v: nn.Module, tower_s: nn.Module, config: ml_collectio
             state.params, state.batch_stats, batch, rng
         )
         state = state.apply_gradients(grads=grads, batch_stats=stats)
-        return state, {"loss": loss, "objective": -obj_loss, "grad_norm": optax.global_norm(grads)}
+        return state, {"loss": loss, "objective": -obj_loss, "grad_norm": optax.tree.norm(grads)}
 
     def lbfgs_step(state: DCCATrainState, batch, rng):
         def value_fn(params):
@@ -186,7 +186,7 @@ def make_train_step(tower_v: nn.Module, tower_s: nn.Module, config: ml_collectio
         params = optax.apply_updates(state.params, updates)
         obj_loss = value - 0.5 * wd * _l2(state.params) if wd > 0 else value
         state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-        return state, {"loss": value, "objective": -obj_loss, "grad_norm": optax.global_norm(grads)}
+        return state, {"loss": value, "objective": -obj_loss, "grad_norm": optax.tree.norm(grads)}
 
     # L-BFGS state holds aliased buffers (the last value/grad), which cannot be donated.
     if lbfgs:

@@ -25,7 +25,7 @@ TINY = dict(
 @pytest.fixture(scope="module", autouse=True)
 def _fast_compile():
     # Compilation dominates these tiny runs; XLA's optimisations do not pay off here.
-    old = jax.config.jax_disable_most_optimizations
+    old = jax.config.read("jax_disable_most_optimizations")
     jax.config.update("jax_disable_most_optimizations", True)
     yield
     jax.config.update("jax_disable_most_optimizations", old)
