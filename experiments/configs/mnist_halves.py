@@ -1,4 +1,4 @@
-r"""MNIST left/right halves: linear CCA, KCCA and DCCA (392-1024-1024-50 sigmoid towers), 50 dims.
+r"""MNIST left/right halves: linear CCA, KCCA and DCCA (392-1024-1024-50 ReLU towers), 50 dims.
 
   PYTHONPATH=$PWD python experiments/mnist_halves.py --config=experiments/configs/mnist_halves.py \
       --config.data_path=../shared/data/mnist/mnist.npz --config.workdir=runs/mnist_halves
@@ -31,7 +31,9 @@ def get_config() -> ml_collections.ConfigDict:
     d.towers.visual_hidden = (1024, 1024)
     d.towers.semantic_hidden = (1024, 1024)
     d.towers.out_dim = 50
-    d.towers.activation = "sigmoid"
+    # ReLU, not the paper's sigmoid: with Adam 1e-3 and no pre-training, sigmoid towers reached a held-out
+    # total of 23.8 after two epochs where ReLU towers reached 41.6 (same seed, trace norm).
+    d.towers.activation = "relu"
     d.ridge_v = d.ridge_s = 1e-4
     d.optimizer = "adam"
     d.learning_rate = 1e-3
