@@ -1,6 +1,6 @@
 r"""DCCA training speed on the MNIST halves: dcca_jax against cca-zoo (PyTorch CPU), side by side.
 
-Same model on both sides: two 392-1024-1024-50 sigmoid towers, batch 1000, Adam 1e-3, 60,000 training
+Same model on both sides: two 392-1024-1024-50 towers (ReLU by default, --activation), batch 1000, Adam 1e-3, 60,000 training
 pairs (60 steps per epoch), float32. cca-zoo's DCCA minimises minus the sum of squared canonical
 correlations (ridge 1e-6), so dcca_jax is timed with ``objective="sum_squares"`` and the same ridge;
 its default trace-norm objective is timed too. The same run measures the machine's float32 matrix
@@ -26,6 +26,7 @@ _DATA = flags.DEFINE_string(
                 / "data" / "mnist" / "mnist.npz"), "mnist.npz path.")
 _EPOCHS = flags.DEFINE_integer("epochs", 3, "Epochs per implementation (the first is warm-up: compilation).")
 _SKIP_ZOO = flags.DEFINE_bool("skip_cca_zoo", False, "Time only dcca_jax (when cca-zoo is not installed).")
+_ACT = flags.DEFINE_enum("activation", "relu", ["relu", "sigmoid", "tanh"], "Hidden activation, both sides.")
 _MATMUL_N = flags.DEFINE_integer("matmul_n", 2048, "Size of the square float32 matmuls for the peak rate.")
 
 HIDDEN = (1024, 1024)
@@ -65,7 +66,7 @@ def _jax_epochs(x_v, x_s, objective: str, epochs: int) -> list[float]:
     cfg = DeepCCA.default_config()
     cfg.towers.visual_hidden = cfg.towers.semantic_hidden = HIDDEN
     cfg.towers.out_dim = OUT_DIM
-    cfg.towers.activation = "sigmoid"
+    cfg.towers.activation = _ACT.value
     cfg.objective = objective
     cfg.ridge_v = cfg.ridge_s = 1e-6 if objective == "sum_squares" else 1e-4
     cfg.batch_size, cfg.learning_rate, cfg.epochs = BATCH, LR, epochs
@@ -89,7 +90,8 @@ def _zoo_epochs(x_v, x_s, epochs: int) -> tuple[list[float], str]:
     def encoder():
         layers, d = [], 392
         for h in HIDDEN:
-            layers += [nn.Linear(d, h), nn.Sigmoid()]
+            act = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}[_ACT.value]
+            layers += [nn.Linear(d, h), act()]
             d = h
         return nn.Sequential(*layers, nn.Linear(d, OUT_DIM))
 
@@ -114,7 +116,7 @@ def _zoo_epochs(x_v, x_s, epochs: int) -> tuple[list[float], str]:
 
 def _markdown(r: dict) -> str:
     lines = [
-        f"DCCA per-epoch training time, MNIST halves (60,000 pairs, towers 392-1024-1024-50 sigmoid, batch {BATCH}, "
+        f"DCCA per-epoch training time, MNIST halves (60,000 pairs, towers 392-1024-1024-50 {r['activation']}, batch {BATCH}, "
         f"Adam {LR:g}, float32). Median of epochs 2..{r['epochs']} (epoch 1 = warm-up).",
         "",
         "| implementation | objective | s / epoch | GFLOP/s | % of matmul rate |",
@@ -165,7 +167,7 @@ def main(argv):
     load1 = os.getloadavg()
     cpus = os.cpu_count()
     result = {
-        "epochs": _EPOCHS.value, "n_train": n, "batch": BATCH, "steps_per_epoch": steps,
+        "epochs": _EPOCHS.value, "activation": _ACT.value, "n_train": n, "batch": BATCH, "steps_per_epoch": steps,
         "epoch_tflop": epoch_flops / 1e12, "matmul": matmul, "matmul_after": matmul_after, "rows": rows,
         "loadavg_before": [round(x, 2) for x in load0], "loadavg_after": [round(x, 2) for x in load1],
         "cpus": cpus, "busy": max(load0[0], load1[0]) > 1.5 * cpus, "platform": platform.platform(),
