@@ -365,6 +365,13 @@ class DeepCCA(CorrelationModel):
 
     name = "deep_cca"
 
+    def __init__(self, config: ml_collections.ConfigDict | dict | None = None, **overrides: Any):
+        # ConfigDict.update cannot copy placeholder FieldReferences (k, n_components, ...) from a
+        # ConfigDict such as default_config(); plain values can.
+        if isinstance(config, ml_collections.ConfigDict):
+            config = config.to_dict()
+        super().__init__(config, **overrides)
+
     @classmethod
     def default_config(cls) -> ml_collections.ConfigDict:
         return default_dcca_config()

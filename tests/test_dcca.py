@@ -239,3 +239,12 @@ def test_bad_config_values_raise(nonlinear_pair):
         DeepCCA(dict(TINY, objective="cosine")).fit(x_v, x_s)
     with pytest.raises(ValueError, match="L-BFGS needs a deterministic"):
         DeepCCA(dict(TINY, optimizer="lbfgs", batch_size=0, towers=dict(TINY["towers"], dropout=0.2))).fit(x_v, x_s)
+
+
+def test_config_object_from_default_config_is_accepted():
+    cfg = DeepCCA.default_config()
+    cfg.objective = "sum_squares"
+    cfg.n_components = 3
+    model = DeepCCA(cfg)
+    assert model.config.objective == "sum_squares" and model.n_components == 3
+    assert model.config.towers.out_dim == 50 and model.config.k is None
