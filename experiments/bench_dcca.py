@@ -36,10 +36,10 @@ LR = 1e-3
 
 
 def _load():
-    from dcca_jax.mnist_experiment import split_halves
+    from dcca_jax.mnist import load_mnist_halves
 
-    with np.load(_DATA.value) as z:
-        return split_halves(z["x_train"])
+    d = load_mnist_halves(_DATA.value)
+    return d["train_v"], d["train_s"]
 
 
 def _matmul_rate(n: int, repeats: int = 20) -> dict:

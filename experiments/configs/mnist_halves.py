@@ -12,6 +12,7 @@ import pathlib
 import ml_collections
 
 from dcca_jax.dcca import DeepCCA
+from dcca_jax.mnist import kcca_mnist_config
 
 _SHARED = pathlib.Path(os.environ.get("DCCA_SHARED", pathlib.Path(__file__).resolve().parents[2] / "shared"))
 
@@ -21,11 +22,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.data_path = str(_SHARED / "data" / "mnist" / "mnist.npz")
     c.workdir = "runs/mnist_halves"
     c.n_components = 50
-    c.n_val = 10000  # last 10k training images: early stopping only
+    c.n_val = 10000  # DCCA: the last 10k training images, for early stopping; KCCA: its own validation split
     c.run_linear = True
     c.linear_ridge = 1e-6
     c.run_kcca = True
-    c.kcca = ml_collections.ConfigDict()  # passed to dcca_jax.mnist.fit_kcca_mnist as keyword arguments
+    c.kcca = kcca_mnist_config()  # the KernelCCA config given to dcca_jax.mnist.fit_kcca_mnist
     c.objectives = ("trace_norm", "top_k", "frobenius", "sum_squares", "eq6")
     d = DeepCCA.default_config()
     d.towers.visual_hidden = (1024, 1024)
