@@ -21,19 +21,20 @@ The canonical correlations are the square roots of the eigenvalues of :math:`P_v
 :math:`P = \tilde K(\tilde K + (n-1)rI)^{-1}` (Bach & Jordan 2002). Kernel CCA needs ``r > 0``: without
 it every RBF fit has correlations 1 (Hardoon et al. 2004, Sec. 3).
 
-Exact solver (``solver="exact"``), Cholesky only (no ``n x n`` eigendecomposition)
-----------------------------------------------------------------------------------
+Exact solver (``solver="exact"``): Cholesky whitening, then one symmetric eigendecomposition
+--------------------------------------------------------------------------------------------
 :math:`\tilde K_v + \epsilon I = G_vG_v^\top` (a tiny jitter :math:`\epsilon` keeps the Cholesky of the
 rank-deficient centred kernel defined), :math:`G_v^\top G_v + cI = C_vC_v^\top` with
 :math:`c = (n-1)r_v`; then :math:`A_v = G_vC_v^{-\top}` satisfies :math:`A_vA_v^\top = P_v` and the
-canonical correlations and pairs are the SVD :math:`A_v^\top A_s = UDV^\top`. Training projections are
+canonical correlations and pairs are the SVD :math:`A_v^\top A_s = UDV^\top` (computed from the
+eigendecomposition of :math:`TT^\top`, :math:`T = A_v^\top A_s`). Training projections are
 :math:`z_v = \sqrt{n-1}A_vU`, and the dual coefficients for new data
 :math:`\alpha = (\tilde K_v + (\epsilon + c)I)^{-1}z_s / \rho` (push-through identity), so that
 :math:`z_v(x) = \tilde k_v(x)^\top\alpha` with the test kernel centred by the training column means.
 Memory: each ``n x n`` float64 matrix takes ``8 n^2`` bytes (800 MB at ``n = 10,000``); the solver holds
 about five of them at its peak (two kernels, two factors, ``A_v^\top A_s``), about 4 GB at ``n = 10,000``
 (half in float32). Kernel blocks are computed ``chunk_size`` rows at a time, so no ``n x n x d``
-intermediate is ever formed. Time is a few ``n^3`` flops plus one ``n x n`` SVD.
+intermediate is ever formed. Time is a few ``n^3`` flops plus one ``n x n`` symmetric eigendecomposition.
 
 Scalable solvers
 ----------------
@@ -234,13 +235,19 @@ def _exact_core(kc_v, kc_s, ridge_v, ridge_s, *, n_components):
 
     a_v, shift_v = factor(kc_v, ridge_v)
     a_s, shift_s = factor(kc_s, ridge_s)
-    u, d, vt = jnp.linalg.svd(a_v.T @ a_s, full_matrices=False)
+    t = a_v.T @ a_s
+    # Top-k singular triplets of T from the eigendecomposition of T T^T (LAPACK's symmetric
+    # eigensolver is 2x faster than its SVD here); the squared values lose accuracy only for
+    # near-zero correlations, which are never among the components kept.
+    w, u = jnp.linalg.eigh(0.5 * (t @ t.T + (t @ t.T).T))
     k = n_components
-    rho = d[:k]
-    scale = jnp.sqrt(jnp.asarray(n - 1, kc_v.dtype))
-    z_v = scale * (a_v @ u[:, :k])
-    z_s = scale * (a_s @ vt[:k].T)
+    w, u = w[::-1][:k], u[:, ::-1][:, :k]
+    rho = jnp.sqrt(jnp.maximum(w, 0.0))
     safe = jnp.maximum(rho, jnp.finfo(rho.dtype).tiny)
+    v = (t.T @ u) / safe
+    scale = jnp.sqrt(jnp.asarray(n - 1, kc_v.dtype))
+    z_v = scale * (a_v @ u)
+    z_s = scale * (a_s @ v)
     alpha = jax.scipy.linalg.cho_solve((jnp.linalg.cholesky(kc_v + shift_v * eye), True), z_s) / safe
     beta = jax.scipy.linalg.cho_solve((jnp.linalg.cholesky(kc_s + shift_s * eye), True), z_v) / safe
     # Joint sign: the largest-magnitude dual coefficient of each view-v pair is positive.
@@ -336,14 +343,13 @@ class KernelCCA(CorrelationModel):
 
     @classmethod
     def default_config(cls) -> ml_collections.ConfigDict:
-        ph = ml_collections.config_dict.placeholder
         cfg = ml_collections.ConfigDict()
         cfg.n_components = 10
         for v in ("v", "s"):
             cfg[f"kernel_{v}"] = "rbf"
-            cfg[f"bandwidth_{v}"] = ph(float)
+            cfg[f"bandwidth_{v}"] = None
             cfg[f"bandwidth_scale_{v}"] = 1.0
-            cfg[f"gamma_{v}"] = ph(float)
+            cfg[f"gamma_{v}"] = None
             cfg[f"coef0_{v}"] = 1.0
             cfg[f"degree_{v}"] = 2
             cfg[f"ridge_{v}"] = 1e-3
