@@ -172,7 +172,7 @@ def make_train_step(tower_v: nn.Module, tower_s: nn.Module, config: ml_collectio
             state.params, state.batch_stats, batch, rng
         )
         state = state.apply_gradients(grads=grads, batch_stats=stats)
-        return state, {"loss": loss, "objective": -obj_loss, "grad_norm": optax.global_norm(grads)}
+        return state, {"loss": loss, "objective": -obj_loss, "grad_norm": optax.tree.norm(grads)}
 
     def lbfgs_step(state: DCCATrainState, batch, rng):
         def value_fn(params):
@@ -186,9 +186,77 @@ def make_train_step(tower_v: nn.Module, tower_s: nn.Module, config: ml_collectio
         params = optax.apply_updates(state.params, updates)
         obj_loss = value - 0.5 * wd * _l2(state.params) if wd > 0 else value
         state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-        return state, {"loss": value, "objective": -obj_loss, "grad_norm": optax.global_norm(grads)}
+        return state, {"loss": value, "objective": -obj_loss, "grad_norm": optax.tree.norm(grads)}
 
-    return jax.jit(lbfgs_step if lbfgs else adam_step, donate_argnums=0)
+    # L-BFGS state holds aliased buffers (the last value/grad), which cannot be donated.
+    if lbfgs:
+        return jax.jit(lbfgs_step)
+    return jax.jit(adam_step, donate_argnums=0)
+
+
+@functools.partial(jax.jit, static_argnames=("n_components",))
+def _total_correlation(h_v, h_s, ridge_v, ridge_s, *, n_components):
+    rho = canonical_correlations(h_v, h_s, ridge_v=ridge_v, ridge_s=ridge_s)
+    return jnp.sum(rho[:n_components])
+
+
+def _towers_from_config(c: ml_collections.ConfigDict):
+    t = c.towers
+    kw = dict(out_dim=t.out_dim, activation=t.activation, batch_norm=t.batch_norm, dropout=t.dropout,
+              residual_cca=t.residual_cca, param_dtype=DTYPES[c.dtype])
+    return make_tower(hidden=t.visual_hidden, **kw), make_tower(hidden=t.semantic_hidden, **kw)
+
+
+_STEP_FIELDS = ("towers", "objective", "k", "ridge_v", "ridge_s", "whitening", "optimizer", "learning_rate",
+                "weight_decay", "lbfgs_memory", "dtype")
+
+
+def _step_key(c: ml_collections.ConfigDict) -> str:
+    return json.dumps({f: json.loads(c.to_json())[f] for f in _STEP_FIELDS}, sort_keys=True)
+
+
+# Compiled functions are cached by the config's JSON, so refitting or resuming with the same config
+# (several models, restarts, tests) does not recompile the train step.
+@functools.lru_cache(maxsize=16)
+def _compiled_train_step(config_json: str):
+    c = ml_collections.ConfigDict(json.loads(config_json))
+    return make_train_step(*_towers_from_config(c), c)
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_optimizer(config_json: str):
+    return make_optimizer(ml_collections.ConfigDict(json.loads(config_json)))
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_init(config_json: str):
+    towers = _towers_from_config(ml_collections.ConfigDict(json.loads(config_json)))
+    return tuple(jax.jit(functools.partial(t.init, train=False)) for t in towers)
+
+
+@functools.partial(jax.jit, static_argnames=("n",))
+def _epoch_order(key, epoch, *, n):
+    """The data order of one epoch: a permutation from ``fold_in(key, epoch)`` (restart-safe)."""
+    return jax.random.permutation(jax.random.fold_in(key, epoch), n)
+
+
+@functools.partial(jax.jit, static_argnames=("batch_size",))
+def _gather(x_v, x_s, order, i, *, batch_size):
+    idx = jax.lax.dynamic_slice_in_dim(order, i * batch_size, batch_size)
+    return x_v[idx], x_s[idx]
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_forward(config_json: str):
+    towers = _towers_from_config(ml_collections.ConfigDict(json.loads(config_json)))
+
+    def fwd(tower, params, stats, x):
+        variables = {"params": params}
+        if stats:
+            variables["batch_stats"] = stats
+        return tower.apply(variables, x, train=False)
+
+    return tuple(jax.jit(functools.partial(fwd, t)) for t in towers)
 
 
 def _validate_config(c: ml_collections.ConfigDict) -> None:
@@ -297,17 +365,20 @@ class DeepCCA(CorrelationModel):
 
     name = "deep_cca"
 
+    def __init__(self, config: ml_collections.ConfigDict | dict | None = None, **overrides: Any):
+        # ConfigDict.update cannot copy placeholder FieldReferences (k, n_components, ...) from a
+        # ConfigDict such as default_config(); plain values can.
+        if isinstance(config, ml_collections.ConfigDict):
+            config = config.to_dict()
+        super().__init__(config, **overrides)
+
     @classmethod
     def default_config(cls) -> ml_collections.ConfigDict:
         return default_dcca_config()
 
     # ------------------------------------------------------------------ construction
     def _towers(self):
-        t = self.config.towers
-        dt = DTYPES[self.config.dtype]
-        kw = dict(out_dim=t.out_dim, activation=t.activation, batch_norm=t.batch_norm, dropout=t.dropout,
-                  residual_cca=t.residual_cca, param_dtype=dt)
-        return make_tower(hidden=t.visual_hidden, **kw), make_tower(hidden=t.semantic_hidden, **kw)
+        return _towers_from_config(self.config)
 
     @property
     def n_components(self) -> int:
@@ -317,8 +388,8 @@ class DeepCCA(CorrelationModel):
     def _init_variables(self, x_v, x_s, init_rng):
         tower_v, tower_s = self._towers()
         r_v, r_s = jax.random.split(init_rng)
-        var_v = tower_v.init(r_v, x_v[:2], train=False)
-        var_s = tower_s.init(r_s, x_s[:2], train=False)
+        init_v, init_s = _compiled_init(_step_key(self.config))
+        var_v, var_s = init_v(r_v, x_v[:2]), init_s(r_s, x_s[:2])
         params = {"visual": var_v["params"], "semantic": var_s["params"]}
         stats = {"visual": var_v.get("batch_stats", {}), "semantic": var_s.get("batch_stats", {})}
         if not self.config.towers.batch_norm:
@@ -334,17 +405,9 @@ class DeepCCA(CorrelationModel):
         return params, stats
 
     # ------------------------------------------------------------------ forward
-    @functools.cached_property
+    @property
     def _forward(self):
-        tower_v, tower_s = self._towers()
-
-        def fwd(tower, params, stats, x):
-            variables = {"params": params}
-            if stats:
-                variables["batch_stats"] = stats
-            return tower.apply(variables, x, train=False)
-
-        return (jax.jit(functools.partial(fwd, tower_v)), jax.jit(functools.partial(fwd, tower_s)))
+        return _compiled_forward(_step_key(self.config))
 
     def _outputs(self, params, stats, x, which: int) -> jax.Array:
         """Tower outputs in chunks of ``eval_chunk`` rows (bounded memory for large n)."""
@@ -367,8 +430,7 @@ class DeepCCA(CorrelationModel):
         c = self.config
         h_v = self._outputs(params, stats, val[0], 0)
         h_s = self._outputs(params, stats, val[1], 1)
-        rho = canonical_correlations(h_v, h_s, ridge_v=c.ridge_v, ridge_s=c.ridge_s)
-        return float(jnp.sum(rho[: self.n_components]))
+        return float(_total_correlation(h_v, h_s, c.ridge_v, c.ridge_s, n_components=self.n_components))
 
     # ------------------------------------------------------------------ training
     def _split(self, x_v, x_s, validation):
@@ -433,9 +495,12 @@ class DeepCCA(CorrelationModel):
 
         rng = jax.random.key(int(c.seed))
         init_rng, data_rng, step_rng = jax.random.split(rng, 3)
-        tower_v, tower_s = self._towers()
         params, stats = self._init_variables(x_v, x_s, init_rng)
-        state = DCCATrainState.create(apply_fn=None, params=params, tx=make_optimizer(c), batch_stats=stats)
+        # The optimiser is static train-state metadata: the cached instance keeps the compiled step valid.
+        tx = _compiled_optimizer(_step_key(c))
+        state = DCCATrainState.create(apply_fn=None, params=params, tx=tx, batch_stats=stats)
+        # A concrete int32 step: the weakly typed Python 0 would compile the train step twice.
+        state = state.replace(step=jnp.zeros((), jnp.int32))
         meta = {"best_val_corr": None, "best_step": 0, "bad_epochs": 0, "stopped": False, "epoch_losses": []}
         best_params, best_stats = jax.device_get((params, stats))
 
@@ -451,8 +516,8 @@ class DeepCCA(CorrelationModel):
                 logging.info("dcca: resumed from %s at step %d", workdir / CHECKPOINT_DIR, resume_step)
         writer = _MetricsWriter(workdir, resume_step if resume_step is not None else 0)
 
-        train_step = make_train_step(tower_v, tower_s, c)
-        gather = jax.jit(lambda a, b, idx: (a[idx], b[idx]))
+        train_step = _compiled_train_step(_step_key(c))
+
         step = int(state.step)
         t0 = time.time()
         ckpt_every = int(c.checkpoint_every)
@@ -465,10 +530,9 @@ class DeepCCA(CorrelationModel):
         try:
             while step < total_steps and not meta["stopped"]:
                 epoch = step // steps_per_epoch
-                perm = jax.random.permutation(jax.random.fold_in(data_rng, epoch), n)
+                order = _epoch_order(data_rng, epoch, n=n)
                 for i in range(step - epoch * steps_per_epoch, steps_per_epoch):
-                    idx = perm[i * bs:(i + 1) * bs]
-                    state, metrics = train_step(state, gather(x_v, x_s, idx), step_rng)
+                    state, metrics = train_step(state, _gather(x_v, x_s, order, i, batch_size=bs), step_rng)
                     step += 1
                     loss = float(metrics["loss"])
                     if not math.isfinite(loss):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import mmap
 import os
 import pathlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import flax
 import jax
@@ -228,11 +228,16 @@ def stats_from_chunks(
     chunk_size: int = DEFAULT_CHUNK,
     dtype=None,
     source: str = "the chunk iterator",
+    feature_map: Callable | None = None,
 ) -> CovarianceStats:
     """Accumulates :class:`CovarianceStats` over an iterable of ``(x_v_chunk, x_s_chunk)`` pairs.
 
     Chunks may have any number of rows; they are padded to a power of two (at most ``chunk_size``)
     so ragged chunks reuse a few compiled programs. Memory: one chunk plus two ``(d, d)`` matrices.
+
+    ``feature_map(x_v_chunk, x_s_chunk) -> (f_v, f_s)`` maps each chunk row-wise before its statistics
+    are taken (e.g. Nystrom or random Fourier features of ``dcca_jax.kcca``): linear CCA on the
+    statistics is then approximate kernel CCA in ``O(chunk * m + m^2)`` memory instead of ``O(n m)``.
 
     Raises:
       ValueError: no rows, chunks of inconsistent widths, non-finite values (naming the global row).
@@ -245,12 +250,14 @@ def stats_from_chunks(
         m = x_v.shape[0]
         if m == 0:
             continue
+        if feature_map is not None:
+            x_v, x_s = (np.asarray(f) for f in feature_map(x_v, x_s))
         if total is None:
             total = empty_stats(x_v.shape[1], x_s.shape[1])
             shift = np.concatenate([x_v.mean(0, dtype=np.float64), x_s.mean(0, dtype=np.float64)])
         elif (x_v.shape[1], x_s.shape[1]) != (total.d_v, total.d_s):
             raise ValueError(
-                f"chunk at row {row0} of {source} has shapes {x_v.shape} and {x_s.shape}; earlier chunks had "
+                f"chunk at row {row0} of {source} has (mapped) shapes {x_v.shape} and {x_s.shape}; earlier chunks had "
                 f"{total.d_v} and {total.d_s} columns."
             )
         st = chunk_stats(x_v, x_s, shift=shift, dtype=dtype, pad_to=_bucket_rows(m, chunk_size))
@@ -325,23 +332,29 @@ def iter_npy_chunks(path_v, path_s, *, chunk_size: int = DEFAULT_CHUNK, start: i
     yield from iter_array_chunks(a, b, chunk_size=chunk_size, start=start, stop=stop)
 
 
-def stats_from_arrays(x_v, x_s, *, chunk_size: int = DEFAULT_CHUNK, start: int = 0, stop: int | None = None, dtype=None):
+def stats_from_arrays(
+    x_v, x_s, *, chunk_size: int = DEFAULT_CHUNK, start: int = 0, stop: int | None = None, dtype=None, feature_map=None
+):
     """:func:`stats_from_chunks` over row blocks of two arrays (numpy, memmap, or JAX arrays)."""
     return stats_from_chunks(
         iter_array_chunks(x_v, x_s, chunk_size=chunk_size, start=start, stop=stop),
         chunk_size=chunk_size,
         dtype=dtype,
         source="the arrays",
+        feature_map=feature_map,
     )
 
 
-def stats_from_npy(path_v, path_s, *, chunk_size: int = DEFAULT_CHUNK, start: int = 0, stop: int | None = None, dtype=None):
+def stats_from_npy(
+    path_v, path_s, *, chunk_size: int = DEFAULT_CHUNK, start: int = 0, stop: int | None = None, dtype=None, feature_map=None
+):
     """:func:`stats_from_chunks` over two memory-mapped ``.npy`` files (rows ``[start, stop)``)."""
     return stats_from_chunks(
         iter_npy_chunks(path_v, path_s, chunk_size=chunk_size, start=start, stop=stop),
         chunk_size=chunk_size,
         dtype=dtype,
         source=f"{path_v} / {path_s}",
+        feature_map=feature_map,
     )
 
 
@@ -391,6 +404,7 @@ def fit_streaming_cca(
     ridge_s: float = 0.0,
     chunk_size: int = DEFAULT_CHUNK,
     dtype=None,
+    feature_map: Callable | None = None,
 ) -> CCAParams:
     r"""Linear CCA in bounded memory: the same result as :func:`dcca_jax.cca.fit_linear_cca`.
 
@@ -405,6 +419,8 @@ def fit_streaming_cca(
       ridge_v, ridge_s: Eq. 4 ridges.
       chunk_size: rows per block.
       dtype: compute dtype of the per-chunk products (default: the data's dtype).
+      feature_map: optional row-wise map of each chunk (see :func:`stats_from_chunks`); the result is
+        then CCA of the mapped views (its means and projections live in feature space).
 
     Returns:
       :class:`dcca_jax.cca.CCAParams`.
@@ -412,13 +428,13 @@ def fit_streaming_cca(
     if chunks is not None:
         if x_v is not None or x_s is not None:
             raise ValueError("give either x_v and x_s, or chunks, not both.")
-        stats = stats_from_chunks(chunks, chunk_size=chunk_size, dtype=dtype)
+        stats = stats_from_chunks(chunks, chunk_size=chunk_size, dtype=dtype, feature_map=feature_map)
     elif x_v is None or x_s is None:
         raise ValueError("fit_streaming_cca needs both x_v and x_s (arrays or .npy paths), or chunks.")
     elif _is_path(x_v) and _is_path(x_s):
-        stats = stats_from_npy(x_v, x_s, chunk_size=chunk_size, dtype=dtype)
+        stats = stats_from_npy(x_v, x_s, chunk_size=chunk_size, dtype=dtype, feature_map=feature_map)
     else:
-        stats = stats_from_arrays(x_v, x_s, chunk_size=chunk_size, dtype=dtype)
+        stats = stats_from_arrays(x_v, x_s, chunk_size=chunk_size, dtype=dtype, feature_map=feature_map)
     return fit_from_stats(stats, n_components=n_components, ridge_v=ridge_v, ridge_s=ridge_s)
 
 

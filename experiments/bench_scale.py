@@ -1,6 +1,6 @@
 r"""Cost against n: streaming linear CCA, approximate KCCA and DCCA epochs; peak memory at the largest n.
 
-    PYTHONPATH=$PWD python experiments/bench_scale.py --out=results/bench/scale.json
+    PYTHONPATH=$PWD python experiments/bench_scale.py --out=results/bench/scale.json [--cache_dir=/big/disk]
 
 Each (workload, n) runs in a fresh child process (this script with --child), so its peak resident
 memory (``VmHWM``) is its own and compilation is excluded by a warm-up at the same shapes. The
@@ -24,11 +24,13 @@ import time
 from absl import app, flags
 
 flags.DEFINE_string("out", "results/bench/scale.json", "JSON output path (Markdown written beside it).")
-flags.DEFINE_string("cache_dir", "/work/cache/bench_scale", "Where the generated .npy views are kept.")
+flags.DEFINE_string("cache_dir", "runs/bench_scale_cache", "Where the generated .npy views (2.2 GB at n = 1M) are kept.")
 flags.DEFINE_list("cca_sizes", ["10000", "30000", "100000", "300000", "1000000"], "n for streaming linear CCA.")
 flags.DEFINE_list("kcca_sizes", ["5000", "20000", "50000", "200000"], "n for approximate KCCA.")
+flags.DEFINE_list("kcca_stream_sizes", ["5000", "20000", "50000", "200000"], "n for streamed Nystrom KCCA.")
+flags.DEFINE_integer("kcca_chunk", 8192, "Rows per chunk for the streamed Nystrom KCCA.")
 flags.DEFINE_list("dcca_sizes", ["10000", "30000", "100000"], "n for a DCCA epoch.")
-flags.DEFINE_list("workloads", ["cca", "kcca", "dcca"], "Which workloads to run.")
+flags.DEFINE_list("workloads", ["cca", "kcca", "kcca_stream", "dcca"], "Which workloads to run.")
 flags.DEFINE_integer("d_v", 300, "Visual dimension.")
 flags.DEFINE_integer("d_s", 260, "Semantic dimension.")
 flags.DEFINE_integer("chunk_size", 65536, "Rows per streaming chunk.")
@@ -148,6 +150,40 @@ def child_kcca(n: int) -> dict:
             "note": f"KernelCCA(solver='nystrom', n_landmarks={m}), RBF with median bandwidth, k=20, float32"}
 
 
+def child_kcca_stream(n: int) -> dict:
+    import jax
+    import numpy as np
+
+    from dcca_jax.kcca import KernelCCA, nystrom_features
+    from dcca_jax.streaming import fit_streaming_cca
+
+    pv, ps = ensure_views(pathlib.Path(FLAGS.cache_dir), int(FLAGS.cca_sizes[-1]), FLAGS.d_v, FLAGS.d_s)
+    m = FLAGS.kcca_landmarks
+    # Landmarks, whiteners and median bandwidths from KernelCCA on the first 5000 rows; all n rows are
+    # then streamed through the Nystrom maps (O(chunk * m + m^2) memory).
+    head = 5000
+    base_model = KernelCCA(n_components=20, solver="nystrom", n_landmarks=m, chunk_size=4096)
+    base_model.fit(np.asarray(np.load(pv, mmap_mode="r")[:head]), np.asarray(np.load(ps, mmap_mode="r")[:head]))
+    st, (spec_v, spec_s) = base_model.state, base_model.specs
+
+    def fmap(a, b):
+        return (nystrom_features(a, st["landmarks_v"], st["whitener_v"], spec=spec_v, chunk_size=4096),
+                nystrom_features(b, st["landmarks_s"], st["whitener_s"], spec=spec_s, chunk_size=4096))
+
+    x_v, x_s = np.load(pv, mmap_mode="r"), np.load(ps, mmap_mode="r")
+
+    def run(rows):
+        p = fit_streaming_cca(x_v[:rows], x_s[:rows], feature_map=fmap, n_components=20, ridge_v=1e-3,
+                              ridge_s=1e-3, chunk_size=FLAGS.kcca_chunk)
+        jax.block_until_ready(p.proj_v)
+
+    run(min(n, FLAGS.kcca_chunk))
+    base = _rss_mb()
+    secs = _timed(lambda: run(n), FLAGS.repeats)
+    return {"seconds": secs, "rss_after_warmup_mb": base,
+            "note": f"Nystrom (m={m}) features streamed in chunks of {FLAGS.kcca_chunk} into fit_streaming_cca, k=20, float32"}
+
+
 def child_dcca(n: int) -> dict:
     import jax
     import jax.numpy as jnp
@@ -191,7 +227,7 @@ def child_dcca(n: int) -> dict:
             "note": "towers 300/260-1024-1024-50 sigmoid, Adam, batch 1000, float32, trace-norm loss"}
 
 
-CHILDREN = {"cca": child_cca, "kcca": child_kcca, "dcca": child_dcca}
+CHILDREN = {"cca": child_cca, "kcca": child_kcca, "kcca_stream": child_kcca_stream, "dcca": child_dcca}
 
 
 def run_child() -> None:
@@ -206,7 +242,7 @@ def run_child() -> None:
 # --------------------------------------------------------------------------------------- parent
 def _spawn(workload: str, n: int) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), f"--child={workload}", f"--n={n}"]
-    for name in ("cache_dir", "d_v", "d_s", "chunk_size", "repeats", "kcca_landmarks"):
+    for name in ("cache_dir", "d_v", "d_s", "chunk_size", "repeats", "kcca_landmarks", "kcca_chunk"):
         cmd.append(f"--{name}={getattr(FLAGS, name)}")
     cmd.append("--cca_sizes=" + ",".join(FLAGS.cca_sizes))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
@@ -248,7 +284,8 @@ def main(argv):
 
     out = pathlib.Path(FLAGS.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    sizes = {"cca": FLAGS.cca_sizes, "kcca": FLAGS.kcca_sizes, "dcca": FLAGS.dcca_sizes}
+    sizes = {"cca": FLAGS.cca_sizes, "kcca": FLAGS.kcca_sizes, "kcca_stream": FLAGS.kcca_stream_sizes,
+             "dcca": FLAGS.dcca_sizes}
     ensure_views(pathlib.Path(FLAGS.cache_dir), int(FLAGS.cca_sizes[-1]), FLAGS.d_v, FLAGS.d_s)
     meta = {
         "platform": platform.platform(), "cpu_count": os.cpu_count(), "jax": jax.__version__,

@@ -138,3 +138,22 @@ def test_model_fit_save_load(views, tmp_path):
     back = base.load_model(tmp_path / "model")
     assert isinstance(back, StreamingLinearCCA)
     np.testing.assert_allclose(np.asarray(back.score(x_v, x_s)), np.asarray(ref.correlations), atol=1e-9)
+
+
+def test_feature_map_gives_streaming_nystrom_kcca(views):
+    # Linear CCA of streamed Nystrom features = KernelCCA's in-memory Nystrom solver (same landmarks).
+    from dcca_jax.kcca import KernelCCA, nystrom_features
+
+    x_v, x_s = views
+    model = KernelCCA(n_components=4, solver="nystrom", n_landmarks=40, bandwidth_v=3.0, bandwidth_s=3.0).fit(x_v, x_s)
+    st, (spec_v, spec_s) = model.state, model.specs
+
+    def fmap(a, b):
+        return (nystrom_features(a, st["landmarks_v"], st["whitener_v"], spec=spec_v),
+                nystrom_features(b, st["landmarks_s"], st["whitener_s"], spec=spec_s))
+
+    got = fit_streaming_cca(x_v, x_s, feature_map=fmap, n_components=4, ridge_v=model.config.ridge_v,
+                            ridge_s=model.config.ridge_s, chunk_size=700)
+    np.testing.assert_allclose(np.asarray(got.correlations), np.asarray(st["correlations"]), atol=1e-9)
+    np.testing.assert_allclose(np.asarray(got.proj_v), np.asarray(st["cca_proj_v"]), atol=1e-8)
+    np.testing.assert_allclose(np.asarray(got.mean_s), np.asarray(st["cca_mean_s"]), atol=1e-10)
