@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: install
-	$(BIN)/python experiments/cca_demo.py --workdir=$(WORKDIR)
+	$(BIN)/python experiments/pipeline.py --config=experiments/configs/default.py --workdir=$(WORKDIR)
 
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_FLAGS)
@@ -33,6 +33,7 @@ test-all: install
 $(BENCH_STAMP): pyproject.toml
 	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python -m pip install -q --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install -q torch==2.13.0
 	$(BENCH_VENV)/bin/python -m pip install -q -e '.[test,bench]'
 	touch $(BENCH_STAMP)
 
