@@ -32,8 +32,8 @@ eigendecomposition of :math:`TT^\top`, :math:`T = A_v^\top A_s`). Training proje
 :math:`\alpha = (\tilde K_v + (\epsilon + c)I)^{-1}z_s / \rho` (push-through identity), so that
 :math:`z_v(x) = \tilde k_v(x)^\top\alpha` with the test kernel centred by the training column means.
 Memory: each ``n x n`` float64 matrix takes ``8 n^2`` bytes (800 MB at ``n = 10,000``); the solver holds
-about five of them at its peak (two kernels, two factors, ``A_v^\top A_s``), about 4 GB at ``n = 10,000``
-(half in float32). Kernel blocks are computed ``chunk_size`` rows at a time, so no ``n x n x d``
+about eight of them at its peak (kernels, Cholesky factors, ``A_v``, ``A_s``, ``T``, ``TT^\top``), about
+6.4 GB at ``n = 10,000`` (half in float32). Kernel blocks are computed ``chunk_size`` rows at a time, so no ``n x n x d``
 intermediate is ever formed. Time is a few ``n^3`` flops plus one ``n x n`` symmetric eigendecomposition.
 
 Scalable solvers

@@ -94,8 +94,8 @@ def kcca_mnist_config() -> ml_collections.ConfigDict:
     cfg.n_landmarks = 3000
     for v in ("v", "s"):
         cfg[f"kernel_{v}"] = "rbf"
-        cfg[f"bandwidth_scale_{v}"] = 1.0
-        cfg[f"ridge_{v}"] = 1e-3
+        cfg[f"bandwidth_scale_{v}"] = 0.5
+        cfg[f"ridge_{v}"] = 1e-5
     cfg.chunk_size = 2048
     return cfg
 

@@ -1,0 +1,139 @@
+"""The Corel5k baseline study end to end on a tiny dataset in the Corel5k layout, and on the real labels."""
+import json
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+import scipy.io
+from PIL import Image
+
+from conftest import shared_path
+from dcca_jax import metrics
+from dcca_jax.baselines import corel5k
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "experiments" / "configs"))
+import corel5k_baselines as study_config  # noqa: E402
+
+
+def _fixture(root: pathlib.Path, n_train=80, n_test=16, n_words=8, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_words, 12))
+    def make(n):
+        y = (rng.random((n, n_words)) < 0.3).astype(np.uint16)
+        y[np.arange(n), rng.integers(0, n_words, n)] = 1
+        x = y @ centres + 0.5 * rng.normal(size=(n, 12))
+        return y, x
+    y_tr, x_tr = make(n_train)
+    y_te, x_te = make(n_test)
+    ids = [f"{100 + i // 50}/{i}" for i in range(n_train + n_test)]
+    for i, name in enumerate(ids):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((rng.random((16, 24, 3)) * 255).astype(np.uint8)).save(root / f"{name}.jpeg")
+    (root / "corel5k_train_list.txt").write_text("\n".join(ids[:n_train]) + "\n")
+    (root / "corel5k_test_list.txt").write_text("\n".join(ids[n_train:]) + "\n")
+    (root / "corel5k_words.txt").write_text("\n".join(f"word{w}" for w in range(n_words)) + "\n")
+    scipy.io.savemat(root / "corel5k_train_annot.mat", {"annot1": y_tr})
+    scipy.io.savemat(root / "corel5k_test_annot.mat", {"annot2": y_te})
+    np.savez(root / "feats.npz", train=x_tr, test=x_te)
+    return y_tr.astype(float), y_te.astype(float), x_tr, x_te
+
+
+def _tiny_config(root: pathlib.Path):
+    c = study_config.get_config()
+    c.data_dir = str(root)
+    c.features_path = str(root / "feats.npz")
+    c.features_ready = ""
+    c.wait_features_s = 1.0
+    c.jec_cache = str(root / "jec.npz")
+    c.val_size = 20
+    c.n_tags = 3
+    c.bootstrap_resamples = 50
+    c.jec.k = [2, 3]
+    c.raw_knn.k = [3, 5]
+    c.general_cca.pca_dims = [0]
+    c.general_cca.ridge_v = [0.1]
+    c.general_cca.ridge_s = [0.1]
+    c.general_cca.n_components = [3, 5]
+    c.transfer_grids.knn = {"k": [3, 5], "against": ["visual"]}
+    c.transfer_grids.freq = {"k": [5], "freq_power": [0.5]}
+    c.transfer_grids.two_pass = {"method": ["2pknn"], "weighting": ["exp"], "k1": [1, 2], "temperature": [0.1]}
+    c.transfer_grids.corr_power = {"k": [5], "corr_power": [2.0]}
+    c.transfer_grids.two_pass_freq = {"method": ["2pknn"], "weighting": ["exp"], "k1": [1], "temperature": [0.1],
+                                      "freq_power": [0.25], "against": ["semantic"]}
+    c.cca_knn.seeds = [0, 1]
+    c.cca_knn.w2v_dim = 6
+    c.cca_knn.w2v_epochs = 5
+    c.cca_knn.pca_dims = [0]
+    c.cca_knn.ridge_v = [0.1]
+    c.cca_knn.ridge_s = [0.01]
+    c.cca_knn.n_components = [3]
+    c.cca_knn.transfer = {"k": [5], "corr_power": [0.0, 4.0]}
+    return c
+
+
+@pytest.mark.slow
+def test_study_runs_on_tiny_corel5k_layout(tmp_path):
+    y_tr, y_te, x_tr, x_te = _fixture(tmp_path)
+    c = _tiny_config(tmp_path)
+    res = corel5k.run_corel5k_baselines(c, tmp_path / "out")
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert set(saved["methods"]) == set(c.methods)
+    assert "| general_cca+2pknn |" in (tmp_path / "out" / "results.md").read_text()
+    for name, r in res["methods"].items():
+        assert set(metrics.METRIC_KEYS) <= set(r["test"]), name
+        if name != c.reference:
+            assert "per_word/F1" in r["bootstrap_vs_general_cca"]
+    # independent oracle for two rows: most frequent tags, and cosine kNN at the chosen K
+    freq_pred = np.zeros_like(y_te)
+    freq_pred[:, np.argsort(-y_tr.sum(0), kind="stable")[:3]] = 1
+    want = metrics.to_python(metrics.evaluate(freq_pred, y_te))
+    assert res["methods"]["most_frequent"]["test"] == pytest.approx(want)
+    k = res["methods"]["raw_knn"]["hyperparameters"]["k"]
+    a = x_te / np.linalg.norm(x_te, axis=1, keepdims=True)
+    b = x_tr / np.linalg.norm(x_tr, axis=1, keepdims=True)
+    s = a @ b.T
+    nn = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    votes = np.einsum("qk,qkv->qv", np.maximum(np.take_along_axis(s, nn, 1), 0), y_tr[nn])
+    pred = np.zeros_like(y_te)
+    np.put_along_axis(pred, np.argsort(-votes, axis=1, kind="stable")[:, :3], 1, axis=1)
+    assert res["methods"]["raw_knn"]["test"] == pytest.approx(metrics.to_python(metrics.evaluate(pred, y_te)))
+    assert (tmp_path / "jec.npz").exists()
+    ccs = res["methods"]["general_cca"]["correlation_score_curve"]
+    assert 0 < ccs["test"][1] <= ccs["train"][1] <= 1.0 + 1e-9
+
+
+def test_load_corel5k_labels_real_split():
+    root = shared_path("data", "corel5k")
+    d = corel5k.load_corel5k_labels(root)
+    assert d.train_labels.shape == (4500, 260) and d.test_labels.shape == (499, 260)
+    assert len(d.words) == 260 and d.train_ids[0] == "1000/1000" and "121000/121060" not in d.train_ids + d.test_ids
+    # published figures (shared/README.md): 3.38 / 3.52 tags per image, 7 untagged training images
+    assert d.train_labels.sum(1).mean() == pytest.approx(3.38, abs=0.005)
+    assert d.test_labels.sum(1).mean() == pytest.approx(3.52, abs=0.005)
+    assert int((d.train_labels.sum(1) == 0).sum()) == 7
+
+
+def test_load_corel5k_labels_names_missing_file(tmp_path):
+    with pytest.raises(ValueError, match="corel5k_words.txt"):
+        corel5k.load_corel5k_labels(tmp_path)
+
+
+def test_wait_for_file_names_missing_path(tmp_path):
+    with pytest.raises(ValueError, match="never.npz"):
+        corel5k.wait_for_file(tmp_path / "never.npz", timeout_s=0.0, poll_s=0.0)
+
+
+def test_load_features_checks_id_order(tmp_path):
+    y_tr, y_te, x_tr, x_te = _fixture(tmp_path, n_train=6, n_test=3)
+    c = _tiny_config(tmp_path)
+    data = corel5k.load_corel5k_labels(tmp_path)
+    xtr, xte = corel5k.load_features(c, data)
+    np.testing.assert_allclose(xtr, x_tr)
+    np.savez(tmp_path / "feats.npz", train=x_tr, test=x_te, train_ids=np.array(data.train_ids[::-1]),
+             test_ids=np.array(data.test_ids))
+    with pytest.raises(ValueError, match="train_ids"):
+        corel5k.load_features(c, data)
+    np.savez(tmp_path / "feats.npz", train=x_tr[:5], test=x_te)
+    with pytest.raises(ValueError, match=r"\(5, 12\)"):
+        corel5k.load_features(c, data)

@@ -1,0 +1,104 @@
+"""Metrics against hand-computed cases (words never predicted, images with no tag) and resampling oracles."""
+import jax
+import numpy as np
+import pytest
+
+from dcca_jax import metrics
+
+# 4 images, 5 words. Image 2 has no ground-truth tag; word 3 is never predicted; word 4 never occurs in truth.
+TRUTH = np.array([[1, 1, 0, 0, 0],
+                  [0, 1, 0, 0, 0],
+                  [0, 0, 0, 0, 0],
+                  [0, 0, 1, 1, 0]])
+PRED_IDX = np.array([[0, 2], [1, 0], [0, 1], [2, 4]])
+
+
+def _pred():
+    return metrics.top_n_indicator(PRED_IDX, n_words=5)
+
+
+def test_per_image_hand_computed():
+    m = metrics.per_image_metrics(_pred(), TRUTH)
+    # precisions .5 .5 0 .5 over 4 images; recalls .5 1 - .5 over the 3 tagged images
+    ap, ar = 1.5 / 4, 2.0 / 3
+    np.testing.assert_allclose(m["per_image/AP"], ap)
+    np.testing.assert_allclose(m["per_image/AR"], ar)
+    np.testing.assert_allclose(m["per_image/AF"], 2 * ap * ar / (ap + ar))
+    assert int(m["per_image/n_no_tag"]) == 1 and int(m["per_image/n_images"]) == 4
+    assert int(m["per_image/n_no_prediction"]) == 0
+
+
+def test_per_word_hand_computed():
+    m = metrics.per_word_metrics(_pred(), TRUTH)
+    # word 0: 1 hit / 3 predicted / 1 true; word 1: 1/2/2; word 2: 1/2/1; word 3: never predicted, 1 true.
+    # word 4 is predicted once but never true: excluded from the averages.
+    p = (1 / 3 + 1 / 2 + 1 / 2 + 0) / 4
+    r = (1 + 1 / 2 + 1 + 0) / 4
+    np.testing.assert_allclose(m["per_word/P"], p)
+    np.testing.assert_allclose(m["per_word/R"], r)
+    np.testing.assert_allclose(m["per_word/F1"], 2 * p * r / (p + r))
+    assert int(m["per_word/N+"]) == 3
+    assert int(m["per_word/n_words"]) == 4 and int(m["per_word/n_absent"]) == 1
+    assert int(m["per_word/n_never_predicted"]) == 1
+
+
+def test_no_prediction_counts_as_zero_precision():
+    pred = np.zeros_like(TRUTH)
+    m = metrics.evaluate(pred, TRUTH)
+    assert float(m["per_image/AP"]) == 0 and float(m["per_image/AF"]) == 0
+    assert int(m["per_image/n_no_prediction"]) == 4
+    assert float(m["per_word/P"]) == 0 and int(m["per_word/N+"]) == 0 and float(m["per_word/F1"]) == 0
+
+
+def test_top_n_from_scores_matches_argsort():
+    rng = np.random.default_rng(0)
+    s = rng.normal(size=(7, 11))
+    ind = np.asarray(metrics.top_n_indicator(s, n=3))
+    oracle = np.zeros_like(ind)
+    np.put_along_axis(oracle, np.argsort(-s, axis=1)[:, :3], 1, axis=1)
+    np.testing.assert_array_equal(ind, oracle)
+
+
+def test_labelled_keys_and_jit():
+    m = jax.jit(metrics.evaluate)(_pred(), TRUTH)
+    assert set(metrics.METRIC_KEYS) <= set(m)
+    assert all(k.startswith(("per_word/", "per_image/")) for k in m)
+    py = metrics.to_python(m)
+    assert isinstance(py["per_word/N+"], int) and isinstance(py["per_image/AF"], float)
+
+
+def test_shape_mismatch_names_both_shapes():
+    with pytest.raises(ValueError, match=r"\(4, 5\).*\(4, 4\)"):
+        metrics.evaluate(_pred(), TRUTH[:, :4])
+
+
+def test_bootstrap_resample_equals_explicit_duplication():
+    rng = np.random.default_rng(1)
+    truth = (rng.random((30, 8)) < 0.3).astype(float)
+    pred = (rng.random((30, 8)) < 0.3).astype(float)
+    rep = rng.integers(0, 30, size=30)
+    counts = np.bincount(rep, minlength=30)[None].astype(float)
+    got = metrics._bootstrap_all(jax.numpy.asarray(pred), jax.numpy.asarray(truth), jax.numpy.asarray(counts))
+    want = metrics.evaluate(pred[rep], truth[rep])
+    for k in metrics.METRIC_KEYS:
+        np.testing.assert_allclose(np.asarray(got[k])[0], want[k], err_msg=k)
+
+
+def test_paired_bootstrap_intervals():
+    rng = np.random.default_rng(2)
+    truth = (rng.random((200, 20)) < 0.2).astype(float)
+    noise = (rng.random((200, 20)) < 0.2).astype(float)
+    good = np.clip(truth * (rng.random((200, 20)) < 0.8) + 0 * noise, 0, 1)
+    bad = noise
+    same = metrics.paired_bootstrap(good, good, truth, n_resamples=200)
+    assert same["per_word/F1"] == {"diff": 0.0, "low": 0.0, "high": 0.0, "p_le_0": 1.0}
+    res = metrics.paired_bootstrap(good, bad, truth, n_resamples=200, keys=("per_image/AF", "per_word/F1"))
+    for k, v in res.items():
+        full = float(metrics.evaluate(good, truth)[k] - metrics.evaluate(bad, truth)[k])
+        np.testing.assert_allclose(v["diff"], full)
+        assert 0 < v["low"] <= v["diff"] <= v["high"] and v["p_le_0"] == 0.0
+
+
+def test_top_n_skips_minus_infinity():
+    s = np.array([[0.3, -np.inf, 0.1, -np.inf], [1.0, 2.0, 3.0, 4.0]])
+    np.testing.assert_array_equal(metrics.top_n_indicator(s, n=3), [[1, 0, 1, 0], [0, 1, 1, 1]])
