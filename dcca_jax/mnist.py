@@ -85,8 +85,11 @@ def total_correlation(model, x_v, x_s) -> float:
 def kcca_mnist_config() -> ml_collections.ConfigDict:
     """KCCA hyperparameters for MNIST halves, selected on a 10,000-image validation split.
 
-    RBF kernels with the median-heuristic bandwidth times ``bandwidth_scale``, Nystrom landmarks; see
-    README (MNIST halves) for the selection runs behind these values.
+    RBF kernels with the median-heuristic bandwidth times ``bandwidth_scale``, Nystrom landmarks.
+    Selection (fit on 20,000 of the 50,000 non-validation images, 1,000 landmarks, float32; validation
+    total of 50 dims): bandwidth scale 2 / 1 / 0.5 with ridge 1e-2: 17.1 / 22.7 / 28.9; ridge 1e-3:
+    20.9 / 29.9 / 35.2; ridge 1e-4: 29.4 / 36.9 / 39.8; scale 0.35: 39.9 (ridge 3e-5), 40.1 (1e-5);
+    scale 0.5: 40.8 (3e-5), 41.1 (1e-5, chosen). With 3,000 landmarks on all 50,000: 44.0.
     """
     cfg = KernelCCA.default_config()
     cfg.n_components = 50
