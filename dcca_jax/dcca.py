@@ -501,7 +501,8 @@ class DeepCCA(CorrelationModel):
         state = DCCATrainState.create(apply_fn=None, params=params, tx=tx, batch_stats=stats)
         # A concrete int32 step: the weakly typed Python 0 would compile the train step twice.
         state = state.replace(step=jnp.zeros((), jnp.int32))
-        meta = {"best_val_corr": None, "best_step": 0, "bad_epochs": 0, "stopped": False, "epoch_losses": []}
+        meta = {"best_val_corr": None, "best_step": 0, "bad_epochs": 0, "stopped": False, "epoch_losses": [],
+                "train_seconds": 0.0}
         best_params, best_stats = jax.device_get((params, stats))
 
         workdir = None if workdir is None else pathlib.Path(workdir)
@@ -520,9 +521,12 @@ class DeepCCA(CorrelationModel):
 
         step = int(state.step)
         t0 = time.time()
+        # Training time accumulated over resumed runs (up to each one's last checkpoint).
+        seconds_before = float(meta.get("train_seconds", 0.0))
         ckpt_every = int(c.checkpoint_every)
 
         def save(step):
+            meta["train_seconds"] = seconds_before + time.time() - t0
             if manager is None:
                 return
             self._save_checkpoint(manager, step, state, best_params, best_stats, meta, n, val)
@@ -548,7 +552,7 @@ class DeepCCA(CorrelationModel):
                         save(step)
                 # ---- end of epoch: evaluate, early stopping, checkpoint
                 rec = {"kind": "epoch", "step": step, "epoch": epoch,
-                       "train_objective": -float(np.mean(meta["epoch_losses"])), "elapsed_s": time.time() - t0}
+                       "train_objective": -float(np.mean(meta["epoch_losses"])), "elapsed_s": seconds_before + time.time() - t0}
                 meta["epoch_losses"] = []
                 if val is not None:
                     vc = self._held_out_corr(state.params, state.batch_stats, val)
@@ -587,6 +591,8 @@ class DeepCCA(CorrelationModel):
         r = c.final_cca_ridge
         rv, rs = (c.ridge_v, c.ridge_s) if r is None else (r, r)
         self.cca = fit_linear_cca(h_v, h_s, n_components=self.n_components, ridge_v=rv, ridge_s=rs)
+        # Total fit time: training over all (resumed) runs plus the final CCA.
+        self.fit_seconds = seconds_before + time.time() - t0
 
     def _nonfinite_message(self, value, step, epoch, bs, workdir, held_out=False) -> str:
         c = self.config

@@ -6,7 +6,8 @@ correlations (ridge 1e-6), so dcca_jax is timed with ``objective="sum_squares"``
 its default trace-norm objective is timed too. The same run measures the machine's float32 matrix
 multiply rate (jitted 2048x2048 products) and reports our achieved FLOP rate: the towers' dense-layer
 FLOPs, forward plus backward counted as 3x the forward (the first layer's unneeded input gradient
-included, as is usual), divided by the steady-state epoch time.
+included, as is usual), divided by the steady-state epoch time, against the matmul rate measured just before and after
+that implementation's epochs (the mean of the two).
 
   PYTHONPATH=$PWD .venv-bench/bin/python experiments/bench_dcca.py --out=results/bench/dcca.json \
       --data=../shared/data/mnist/mnist.npz
@@ -119,11 +120,12 @@ def _markdown(r: dict) -> str:
         f"DCCA per-epoch training time, MNIST halves (60,000 pairs, towers 392-1024-1024-50 {r['activation']}, batch {BATCH}, "
         f"Adam {LR:g}, float32). Median of epochs 2..{r['epochs']} (epoch 1 = warm-up).",
         "",
-        "| implementation | objective | s / epoch | GFLOP/s | % of matmul rate |",
-        "|---|---|---:|---:|---:|",
+        "| implementation | objective | s / epoch | GFLOP/s | matmul GFLOP/s before / after | % of matmul rate |",
+        "|---|---|---:|---:|---:|---:|",
     ]
     for row in r["rows"]:
         lines.append(f"| {row['impl']} | {row['objective']} | {row['s_per_epoch']:.2f} | {row['gflops']:.0f} | "
+                     f"{row['matmul_gflops_before']:.0f} / {row['matmul_gflops_after']:.0f} | "
                      f"{100 * row['fraction_of_matmul']:.0f}% |")
     m = r["matmul"]
     lines += [
@@ -148,21 +150,26 @@ def main(argv):
     fwd = 2 * tower_forward_flops(392, HIDDEN, OUT_DIM)  # two towers, per sample
     epoch_flops = 3 * fwd * BATCH * steps
     matmul = _matmul_rate(_MATMUL_N.value)
-    peak = matmul["gflops_median"] * 1e9
     rows = []
 
-    def add(impl, objective, times, note=""):
+    def add(impl, objective, run):
+        # The matmul rate is measured right before and after each implementation and the mean of the
+        # two is its reference: on a shared machine the available rate drifts within minutes.
+        before = _matmul_rate(_MATMUL_N.value)
+        times, note = run()
+        after = _matmul_rate(_MATMUL_N.value)
+        ref = 0.5 * (before["gflops_median"] + after["gflops_median"]) * 1e9
         steady = float(np.median(times[1:])) if len(times) > 1 else float(times[0])
         rows.append({"impl": impl, "objective": objective, "epoch_times_s": times, "s_per_epoch": steady,
-                     "gflops": epoch_flops / steady / 1e9, "fraction_of_matmul": epoch_flops / steady / peak,
-                     "note": note})
+                     "gflops": epoch_flops / steady / 1e9, "matmul_gflops_before": before["gflops_median"],
+                     "matmul_gflops_after": after["gflops_median"], "fraction_of_matmul": epoch_flops / steady / ref,
+                     "note": note, "loadavg": [round(x, 2) for x in os.getloadavg()]})
         logging.info("bench_dcca %s", rows[-1])
 
-    add("dcca_jax (JAX, XLA CPU)", "sum_squares", _jax_epochs(x_v, x_s, "sum_squares", _EPOCHS.value))
-    add("dcca_jax (JAX, XLA CPU)", "trace_norm", _jax_epochs(x_v, x_s, "trace_norm", _EPOCHS.value))
+    add("dcca_jax (JAX, XLA CPU)", "sum_squares", lambda: (_jax_epochs(x_v, x_s, "sum_squares", _EPOCHS.value), ""))
+    add("dcca_jax (JAX, XLA CPU)", "trace_norm", lambda: (_jax_epochs(x_v, x_s, "trace_norm", _EPOCHS.value), ""))
     if not _SKIP_ZOO.value:
-        times, note = _zoo_epochs(x_v, x_s, _EPOCHS.value)
-        add("cca-zoo DCCA (PyTorch CPU)", "sum_squares", times, note)
+        add("cca-zoo DCCA (PyTorch CPU)", "sum_squares", lambda: _zoo_epochs(x_v, x_s, _EPOCHS.value))
     matmul_after = _matmul_rate(_MATMUL_N.value)
     load1 = os.getloadavg()
     cpus = os.cpu_count()

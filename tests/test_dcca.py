@@ -248,3 +248,12 @@ def test_config_object_from_default_config_is_accepted():
     model = DeepCCA(cfg)
     assert model.config.objective == "sum_squares" and model.n_components == 3
     assert model.config.towers.out_dim == 50 and model.config.k is None
+
+
+def test_fit_seconds_accumulate_over_resumes(nonlinear_pair, tmp_path):
+    (x_v, x_s), _ = nonlinear_pair
+    first = DeepCCA(dict(TINY, epochs=1)).fit(x_v, x_s, workdir=tmp_path)
+    second = DeepCCA(dict(TINY, epochs=2)).fit(x_v, x_s, workdir=tmp_path)  # resumes after epoch 1
+    assert [r["epoch"] for r in second.history] == [0, 1]
+    assert second.history[0]["elapsed_s"] == first.history[0]["elapsed_s"]  # restored from the file
+    assert second.fit_seconds >= second.history[-1]["elapsed_s"] > first.history[0]["elapsed_s"]
