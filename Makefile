@@ -8,7 +8,7 @@ BENCH_STAMP := $(BENCH_VENV)/.installed
 WORKDIR ?= runs/default
 PYTEST_FLAGS ?=
 
-.PHONY: install run test test-slow test-all bench clean
+.PHONY: install run test test-slow test-all bench bench-scale bench-semantic clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: install
-	$(BIN)/python experiments/cca_demo.py --workdir=$(WORKDIR)
+	$(BIN)/python experiments/pipeline.py --config=experiments/configs/default.py --workdir=$(WORKDIR)
 
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_FLAGS)
@@ -33,12 +33,33 @@ test-all: install
 $(BENCH_STAMP): pyproject.toml
 	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python -m pip install -q --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install -q torch==2.13.0
 	$(BENCH_VENV)/bin/python -m pip install -q -e '.[test,bench]'
 	touch $(BENCH_STAMP)
 
+# Peers (scikit-learn, cca-zoo, torch CPU, the TFLite interpreter) live only in .venv-bench.
+# Benchmarks that read Corel5k/MNIST/MobileNetV2 expect ../shared (or $$DCCA_SHARED).
+BENCH_PY := PYTHONPATH=$(CURDIR) $(BENCH_VENV)/bin/python
 bench: $(BENCH_STAMP)
 	mkdir -p results/bench
-	$(BENCH_VENV)/bin/python experiments/bench_cca.py --out=results/bench/cca.json
+	$(BENCH_PY) experiments/bench_cca.py --out=results/bench/cca.json
+	$(BENCH_PY) experiments/bench_kcca.py --n=2000 --out=results/bench/kcca.json
+	$(BENCH_PY) experiments/bench_dcca.py --out=results/bench/dcca.json
+	$(BENCH_PY) experiments/bench_extract.py --out=results/bench/extract.json
+	$(BENCH_PY) experiments/bench_topk.py --out=results/bench/topk.json
+	$(BENCH_PY) experiments/bench_scale.py --out=results/bench/scale_quick.json --cca_sizes=10000,100000 \
+	  --kcca_sizes=5000,20000 --kcca_stream_sizes=5000,20000 --dcca_sizes=10000,30000 --repeats=1
+	$(BENCH_PY) experiments/benchmark.py --config=experiments/configs/default.py --workdir=$(WORKDIR)
+
+# The full cost-against-n table (n up to 1M; about 30 minutes on 2 cores).
+bench-scale: $(BENCH_STAMP)
+	mkdir -p results/bench
+	$(BENCH_PY) experiments/bench_scale.py --out=results/bench/scale.json
+
+bench-semantic: $(BENCH_STAMP)
+	mkdir -p results/bench
+	$(BENCH_PY) experiments/bench_semantic_view.py --shared=../shared --cache=runs/cache --out=results/bench/semantic_view.json
+	$(BENCH_PY) experiments/bench_synthetic.py --shared=../shared --data=runs/synthetic --cache=runs/cache --out=results/bench/synthetic.json
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) runs

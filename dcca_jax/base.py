@@ -97,7 +97,8 @@ class CorrelationModel(abc.ABC):
     def __init__(self, config: ml_collections.ConfigDict | dict | None = None, **overrides: Any):
         cfg = self.default_config()
         if config is not None:
-            cfg.update(dict(config) if not isinstance(config, ml_collections.ConfigDict) else config)
+            # Plain dicts: placeholders (FieldReferences) in a ConfigDict cannot update one another.
+            cfg.update(config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config))
         if overrides:
             cfg.update(overrides)
         self.config = cfg

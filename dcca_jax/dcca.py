@@ -1,0 +1,693 @@
+r"""Deep CCA (Eq. 3-8): two Flax towers trained on a correlation objective, then linear CCA on top.
+
+Training maximises a correlation objective of the towers' outputs (:func:`dcca_jax.objectives.cca_loss`,
+Eq. 5-7; the trace norm of Andrew et al. 2013 by default) with optax: Adam on minibatches (default) or
+full-batch L-BFGS as in the original DCCA. After training, a linear CCA fitted on the towers' outputs for
+the training data gives the projections ``P, Q`` of Eq. 8; :meth:`DeepCCA.transform` applies the towers
+and then ``P``/``Q``.
+
+Training is restartable and deterministic for a given seed: the data order of epoch ``e`` comes from
+``fold_in(key(seed), e)``, dropout keys from ``fold_in(key, step)``, and with a ``workdir`` the full train
+state (parameters, optimiser state, best-so-far parameters and early-stopping counters) is checkpointed
+with orbax every ``checkpoint_every`` steps, so a rerun with the same workdir resumes where the last
+checkpoint left off and ends with the same parameters as an uninterrupted run.
+
+References:
+  G. Andrew, R. Arora, J. Bilmes, K. Livescu. Deep Canonical Correlation Analysis. ICML 2013.
+  W. Wang, R. Arora, K. Livescu, J. Bilmes. On Deep Multi-View Representation Learning. ICML 2015.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import pathlib
+import time
+from typing import Any, Callable
+
+import flax.linen as nn
+import flax.traverse_util
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax.training import train_state
+
+from dcca_jax.base import CorrelationModel, register_model
+from dcca_jax.cca import CCAParams, fit_linear_cca, project
+from dcca_jax.objectives import OBJECTIVES, WHITENINGS, canonical_correlations, cca_loss
+from dcca_jax.towers import init_from_cca, make_tower
+
+__all__ = [
+    "DeepCCA",
+    "DCCATrainState",
+    "NonFiniteLossError",
+    "make_optimizer",
+    "make_train_step",
+    "default_dcca_config",
+]
+
+OPTIMIZERS = ("adam", "lbfgs")
+DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_DIR = "checkpoints"
+# Config fields that may change between a run and its resumption (they do not change the trajectory
+# up to the resumed step); every other field must match the checkpoint's.
+_RESUMABLE_FIELDS = ("epochs", "patience", "checkpoint_every", "keep_checkpoints", "log_every", "eval_chunk")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when the DCCA loss becomes NaN or infinite during training."""
+
+
+class DCCATrainState(train_state.TrainState):
+    """flax ``TrainState`` plus the towers' batch-norm statistics (``{}`` without batch norm)."""
+
+    batch_stats: Any = None
+
+
+def default_dcca_config() -> ml_collections.ConfigDict:
+    """Hyperparameters of :class:`DeepCCA` with their defaults (see the class docstring)."""
+    placeholder = ml_collections.config_dict.placeholder
+    c = ml_collections.ConfigDict()
+    c.towers = ml_collections.ConfigDict(
+        {
+            "visual_hidden": (1024, 1024),
+            "semantic_hidden": (1024, 1024),
+            "out_dim": 50,
+            "activation": "sigmoid",
+            "batch_norm": False,
+            "dropout": 0.0,
+            "residual_cca": False,
+            "cca_init_ridge": 1e-4,
+        }
+    )
+    c.objective = "trace_norm"
+    c.k = placeholder(int)
+    c.ridge_v = 1e-4
+    c.ridge_s = 1e-4
+    c.whitening = "cholesky"
+    c.n_components = placeholder(int)
+    c.final_cca_ridge = placeholder(float)
+    c.optimizer = "adam"
+    c.learning_rate = 1e-3
+    c.weight_decay = 0.0
+    c.lbfgs_memory = 10
+    c.batch_size = 1000
+    c.epochs = 10
+    c.patience = 5
+    c.validation_fraction = 0.1
+    c.checkpoint_every = 0
+    c.keep_checkpoints = 2
+    c.log_every = 10
+    c.eval_chunk = 10000
+    c.seed = 0
+    c.dtype = "float32"
+    return c
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """Adam (AdamW when ``weight_decay > 0``) or L-BFGS with a zoom line search, from the config."""
+    if config.optimizer == "adam":
+        if config.weight_decay > 0:
+            return optax.adamw(config.learning_rate, weight_decay=config.weight_decay)
+        return optax.adam(config.learning_rate)
+    if config.optimizer == "lbfgs":
+        return optax.lbfgs(memory_size=int(config.lbfgs_memory))
+    raise ValueError(f"optimizer must be one of {OPTIMIZERS}; got {config.optimizer!r}.")
+
+
+def _l2(params) -> jax.Array:
+    return sum(jnp.sum(jnp.square(p)) for p in jax.tree_util.tree_leaves(params))
+
+
+def make_train_step(tower_v: nn.Module, tower_s: nn.Module, config: ml_collections.ConfigDict) -> Callable:
+    r"""Builds the jitted ``train_step(state, batch, rng) -> (state, metrics)``.
+
+    The loss is :func:`dcca_jax.objectives.cca_loss` of the two towers' outputs on the batch (Eq. 5-7),
+    differentiated with ``value_and_grad``. With L-BFGS, weight decay enters the loss as
+    :math:`\tfrac{\lambda}{2}\|\theta\|^2` (the original DCCA's L2 penalty); with Adam it is AdamW's
+    decoupled decay.
+
+    Args:
+      tower_v, tower_s: the two :mod:`dcca_jax.towers` modules.
+      config: a :meth:`DeepCCA.default_config`-style config.
+
+    Returns:
+      A jitted function. ``batch`` is ``(x_v (b, d_v), x_s (b, d_s))``; ``rng`` a PRNG key (dropout).
+      ``metrics`` holds ``loss`` (minimised), ``objective`` (the correlation objective, ``-loss``
+      before any L2 term) and ``grad_norm``.
+    """
+    loss_kw = dict(
+        objective=config.objective, k=config.k, ridge_v=config.ridge_v, ridge_s=config.ridge_s,
+        whitening=config.whitening,
+    )
+    use_bn = bool(config.towers.batch_norm)
+    lbfgs = config.optimizer == "lbfgs"
+    wd = float(config.weight_decay)
+
+    def apply(tower, params, stats, x, rng):
+        variables = {"params": params}
+        if use_bn:
+            variables["batch_stats"] = stats
+            out, upd = tower.apply(variables, x, train=True, rngs={"dropout": rng}, mutable=["batch_stats"])
+            return out, upd["batch_stats"]
+        return tower.apply(variables, x, train=True, rngs={"dropout": rng}), stats
+
+    def loss_fn(params, stats, batch, rng):
+        x_v, x_s = batch
+        r_v, r_s = jax.random.split(rng)
+        h_v, st_v = apply(tower_v, params["visual"], stats.get("visual"), x_v, r_v)
+        h_s, st_s = apply(tower_s, params["semantic"], stats.get("semantic"), x_s, r_s)
+        loss = cca_loss(h_v, h_s, **loss_kw)
+        new_stats = {"visual": st_v, "semantic": st_s} if use_bn else stats
+        return loss, (loss, new_stats)
+
+    def adam_step(state: DCCATrainState, batch, rng):
+        rng = jax.random.fold_in(rng, state.step)
+        (loss, (obj_loss, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, state.batch_stats, batch, rng
+        )
+        state = state.apply_gradients(grads=grads, batch_stats=stats)
+        return state, {"loss": loss, "objective": -obj_loss, "grad_norm": optax.tree.norm(grads)}
+
+    def lbfgs_step(state: DCCATrainState, batch, rng):
+        def value_fn(params):
+            loss = loss_fn(params, state.batch_stats, batch, rng)[0]
+            return loss + 0.5 * wd * _l2(params) if wd > 0 else loss
+
+        value, grads = optax.value_and_grad_from_state(value_fn)(state.params, state=state.opt_state)
+        updates, opt_state = state.tx.update(
+            grads, state.opt_state, state.params, value=value, grad=grads, value_fn=value_fn
+        )
+        params = optax.apply_updates(state.params, updates)
+        obj_loss = value - 0.5 * wd * _l2(state.params) if wd > 0 else value
+        state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        return state, {"loss": value, "objective": -obj_loss, "grad_norm": optax.tree.norm(grads)}
+
+    # L-BFGS state holds aliased buffers (the last value/grad), which cannot be donated.
+    if lbfgs:
+        return jax.jit(lbfgs_step)
+    return jax.jit(adam_step, donate_argnums=0)
+
+
+@functools.partial(jax.jit, static_argnames=("n_components",))
+def _total_correlation(h_v, h_s, ridge_v, ridge_s, *, n_components):
+    rho = canonical_correlations(h_v, h_s, ridge_v=ridge_v, ridge_s=ridge_s)
+    return jnp.sum(rho[:n_components])
+
+
+def _towers_from_config(c: ml_collections.ConfigDict):
+    t = c.towers
+    kw = dict(out_dim=t.out_dim, activation=t.activation, batch_norm=t.batch_norm, dropout=t.dropout,
+              residual_cca=t.residual_cca, param_dtype=DTYPES[c.dtype])
+    return make_tower(hidden=t.visual_hidden, **kw), make_tower(hidden=t.semantic_hidden, **kw)
+
+
+_STEP_FIELDS = ("towers", "objective", "k", "ridge_v", "ridge_s", "whitening", "optimizer", "learning_rate",
+                "weight_decay", "lbfgs_memory", "dtype")
+
+
+def _step_key(c: ml_collections.ConfigDict) -> str:
+    return json.dumps({f: json.loads(c.to_json())[f] for f in _STEP_FIELDS}, sort_keys=True)
+
+
+# Compiled functions are cached by the config's JSON, so refitting or resuming with the same config
+# (several models, restarts, tests) does not recompile the train step.
+@functools.lru_cache(maxsize=16)
+def _compiled_train_step(config_json: str):
+    c = ml_collections.ConfigDict(json.loads(config_json))
+    return make_train_step(*_towers_from_config(c), c)
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_optimizer(config_json: str):
+    return make_optimizer(ml_collections.ConfigDict(json.loads(config_json)))
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_init(config_json: str):
+    towers = _towers_from_config(ml_collections.ConfigDict(json.loads(config_json)))
+    return tuple(jax.jit(functools.partial(t.init, train=False)) for t in towers)
+
+
+@functools.partial(jax.jit, static_argnames=("n",))
+def _epoch_order(key, epoch, *, n):
+    """The data order of one epoch: a permutation from ``fold_in(key, epoch)`` (restart-safe)."""
+    return jax.random.permutation(jax.random.fold_in(key, epoch), n)
+
+
+@functools.partial(jax.jit, static_argnames=("batch_size",))
+def _gather(x_v, x_s, order, i, *, batch_size):
+    idx = jax.lax.dynamic_slice_in_dim(order, i * batch_size, batch_size)
+    return x_v[idx], x_s[idx]
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_forward(config_json: str):
+    towers = _towers_from_config(ml_collections.ConfigDict(json.loads(config_json)))
+
+    def fwd(tower, params, stats, x):
+        variables = {"params": params}
+        if stats:
+            variables["batch_stats"] = stats
+        return tower.apply(variables, x, train=False)
+
+    return tuple(jax.jit(functools.partial(fwd, t)) for t in towers)
+
+
+def _validate_config(c: ml_collections.ConfigDict) -> None:
+    if c.objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}; got {c.objective!r}.")
+    if c.whitening not in WHITENINGS:
+        raise ValueError(f"whitening must be one of {WHITENINGS}; got {c.whitening!r}.")
+    if c.optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}; got {c.optimizer!r}.")
+    if c.dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}; got {c.dtype!r}.")
+    if c.dtype == "float64" and not jax.config.jax_enable_x64:
+        raise ValueError(
+            "dtype='float64' needs 64-bit JAX: call jax.config.update('jax_enable_x64', True) before "
+            "creating arrays, or use dtype='float32'."
+        )
+    if c.ridge_v < 0 or c.ridge_s < 0:
+        raise ValueError(f"ridges must be >= 0; got ridge_v={c.ridge_v}, ridge_s={c.ridge_s}.")
+    if c.learning_rate <= 0 and c.optimizer == "adam":
+        raise ValueError(f"learning_rate must be positive; got {c.learning_rate}.")
+    if c.weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0; got {c.weight_decay}.")
+    if int(c.epochs) < 1:
+        raise ValueError(f"epochs must be >= 1; got {c.epochs}.")
+    if not 0.0 <= float(c.validation_fraction) < 1.0:
+        raise ValueError(f"validation_fraction must be in [0, 1); got {c.validation_fraction}.")
+    if c.optimizer == "lbfgs" and (c.towers.dropout > 0 or c.towers.batch_norm):
+        raise ValueError(
+            "L-BFGS needs a deterministic full-batch loss for its line search: set towers.dropout=0 and "
+            "towers.batch_norm=False, or use optimizer='adam'."
+        )
+
+
+def _flatten(tree: dict, prefix: str) -> dict[str, np.ndarray]:
+    flat = flax.traverse_util.flatten_dict(jax.device_get(tree), sep="/")
+    return {f"{prefix}/{k}": np.asarray(v) for k, v in flat.items()}
+
+
+def _unflatten(arrays: dict[str, np.ndarray], prefix: str) -> dict:
+    sub = {k[len(prefix) + 1:]: jnp.asarray(v) for k, v in arrays.items() if k.startswith(prefix + "/")}
+    return flax.traverse_util.unflatten_dict(sub, sep="/") if sub else {}
+
+
+class _MetricsWriter:
+    """absl logging plus one JSON object per line in ``workdir/metrics.jsonl`` (no file without workdir)."""
+
+    def __init__(self, workdir: pathlib.Path | None, resume_step: int | None):
+        self.path = None if workdir is None else workdir / METRICS_FILE
+        self.history: list[dict] = []
+        if self.path is not None and self.path.exists():
+            kept = []
+            for line in self.path.read_text().splitlines():
+                if not line.strip():
+                    continue
+                rec = json.loads(line)
+                # Drop what an interrupted run logged after its last checkpoint: it is about to be redone.
+                if resume_step is not None and rec.get("step", 0) <= resume_step:
+                    kept.append(rec)
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            self.history = [r for r in kept if r.get("kind") == "epoch"]
+
+    def write(self, record: dict, *, log: bool = True) -> None:
+        record = {k: (float(v) if isinstance(v, (np.floating, jax.Array, np.ndarray)) else v) for k, v in record.items()}
+        if record.get("kind") == "epoch":
+            self.history.append(record)
+        if log:
+            logging.info("dcca %s", " ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+        if self.path is not None:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+@register_model
+class DeepCCA(CorrelationModel):
+    r"""Deep CCA (Eq. 3-8) with the common model API.
+
+    ``fit(x_v, x_s, validation=None, workdir=None, callback=None)`` trains the two towers, keeps the
+    parameters with the best held-out correlation (early stopping), then fits linear CCA on the
+    towers' training outputs (Eq. 8). ``transform`` maps new data through the towers and ``P``/``Q``.
+
+    Config (``DeepCCA.default_config()``):
+
+    - ``towers``: ``visual_hidden``, ``semantic_hidden`` (hidden widths), ``out_dim`` (``o``),
+      ``activation`` (``sigmoid`` as in the paper, ``tanh``, ``relu``, ``gelu``), ``batch_norm``,
+      ``dropout`` (both off), ``residual_cca`` (towers start as a linear CCA map plus a residual MLP
+      whose last layer is zero; the CCA is fitted on the raw training views with ridge
+      ``cca_init_ridge``).
+    - ``objective`` (one of :data:`dcca_jax.objectives.OBJECTIVES`, default ``trace_norm``), ``k``
+      (for ``top_k``), ``ridge_v``/``ridge_s`` (Eq. 4 ridges of the loss), ``whitening``.
+    - ``n_components``: components of the final CCA (default ``out_dim``); ``final_cca_ridge``
+      (default: the loss ridges).
+    - ``optimizer``: ``adam`` (AdamW when ``weight_decay > 0``) or ``lbfgs`` (full batch; ``epochs``
+      is then the number of L-BFGS iterations); ``learning_rate``, ``weight_decay``, ``lbfgs_memory``.
+    - ``batch_size`` (0 or None: full batch; must be larger than ``out_dim``; the last incomplete batch
+      of each epoch is dropped), ``epochs``.
+    - ``patience``: epochs without improvement of the held-out total correlation before stopping
+      (0: never stop early; the best parameters are still kept). ``validation_fraction``: share of the
+      training data held out for it when ``fit`` gets no ``validation`` (0: no early stopping).
+    - ``checkpoint_every`` (steps; 0: at the end of each epoch), ``keep_checkpoints``, ``log_every``,
+      ``eval_chunk`` (rows per forward pass at evaluation), ``seed``, ``dtype``.
+
+    The held-out metric is the total canonical correlation (top ``n_components``) of the towers'
+    outputs on the validation data; it re-fits the CCA there, so it is slightly optimistic compared to
+    :meth:`score`, which applies the CCA fitted on training outputs, but it ranks epochs the same way.
+    """
+
+    name = "deep_cca"
+
+    def __init__(self, config: ml_collections.ConfigDict | dict | None = None, **overrides: Any):
+        # ConfigDict.update cannot copy placeholder FieldReferences (k, n_components, ...) from a
+        # ConfigDict such as default_config(); plain values can.
+        if isinstance(config, ml_collections.ConfigDict):
+            config = config.to_dict()
+        super().__init__(config, **overrides)
+
+    @classmethod
+    def default_config(cls) -> ml_collections.ConfigDict:
+        return default_dcca_config()
+
+    # ------------------------------------------------------------------ construction
+    def _towers(self):
+        return _towers_from_config(self.config)
+
+    @property
+    def n_components(self) -> int:
+        c = self.config
+        return int(c.n_components) if c.n_components is not None else int(c.towers.out_dim)
+
+    def _init_variables(self, x_v, x_s, init_rng):
+        tower_v, tower_s = self._towers()
+        r_v, r_s = jax.random.split(init_rng)
+        init_v, init_s = _compiled_init(_step_key(self.config))
+        var_v, var_s = init_v(r_v, x_v[:2]), init_s(r_s, x_s[:2])
+        params = {"visual": var_v["params"], "semantic": var_s["params"]}
+        stats = {"visual": var_v.get("batch_stats", {}), "semantic": var_s.get("batch_stats", {})}
+        if not self.config.towers.batch_norm:
+            stats = {}
+        if self.config.towers.residual_cca:
+            r = float(self.config.towers.cca_init_ridge)
+            k = min(int(self.config.towers.out_dim), x_v.shape[1], x_s.shape[1])
+            lin = fit_linear_cca(x_v, x_s, n_components=k, ridge_v=r, ridge_s=r)
+            params = {
+                "visual": init_from_cca(params["visual"], proj=lin.proj_v, mean=lin.mean_v),
+                "semantic": init_from_cca(params["semantic"], proj=lin.proj_s, mean=lin.mean_s),
+            }
+        return params, stats
+
+    # ------------------------------------------------------------------ forward
+    @property
+    def _forward(self):
+        return _compiled_forward(_step_key(self.config))
+
+    def _outputs(self, params, stats, x, which: int) -> jax.Array:
+        """Tower outputs in chunks of ``eval_chunk`` rows (bounded memory for large n)."""
+        key = ("visual", "semantic")[which]
+        fwd = self._forward[which]
+        st = stats.get(key, {}) if stats else {}
+        chunk = max(1, int(self.config.eval_chunk))
+        x = jnp.asarray(x, DTYPES[self.config.dtype])
+        parts = [fwd(params[key], st, x[i:i + chunk]) for i in range(0, x.shape[0], chunk)]
+        return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=0)
+
+    def tower_outputs(self, x_v=None, x_s=None):
+        """The towers' raw outputs ``(h_v (n, o) or None, h_s (n, o) or None)`` (before ``P``/``Q``)."""
+        self._check_fitted()
+        h_v = None if x_v is None else self._outputs(self.params, self.batch_stats, self._validate_view(x_v, 0, "x_v"), 0)
+        h_s = None if x_s is None else self._outputs(self.params, self.batch_stats, self._validate_view(x_s, 1, "x_s"), 1)
+        return h_v, h_s
+
+    def _held_out_corr(self, params, stats, val) -> float:
+        c = self.config
+        h_v = self._outputs(params, stats, val[0], 0)
+        h_s = self._outputs(params, stats, val[1], 1)
+        return float(_total_correlation(h_v, h_s, c.ridge_v, c.ridge_s, n_components=self.n_components))
+
+    # ------------------------------------------------------------------ training
+    def _split(self, x_v, x_s, validation):
+        c = self.config
+        if validation is not None:
+            v_v, v_s = validation
+            from dcca_jax.linalg import check_views
+
+            v_v, v_s = check_views(v_v, v_s, names=("validation x_v", "validation x_s"))
+            if v_v.shape[1] != x_v.shape[1] or v_s.shape[1] != x_s.shape[1]:
+                raise ValueError(
+                    f"validation views have shapes {v_v.shape}, {v_s.shape}; the training views have "
+                    f"{x_v.shape}, {x_s.shape} (feature counts must match)."
+                )
+            return x_v, x_s, (v_v, v_s)
+        n_val = int(round(float(c.validation_fraction) * x_v.shape[0]))
+        if n_val == 0:
+            return x_v, x_s, None
+        perm = np.random.default_rng(int(c.seed)).permutation(x_v.shape[0])
+        tr, va = np.sort(perm[n_val:]), np.sort(perm[:n_val])
+        return x_v[tr], x_s[tr], (x_v[va], x_s[va])
+
+    def _batch_size(self, n: int) -> int:
+        c = self.config
+        o = int(c.towers.out_dim)
+        bs = n if not c.batch_size else int(c.batch_size)
+        if c.optimizer == "lbfgs" and bs < n:
+            raise ValueError(
+                f"L-BFGS is full-batch: set batch_size=0 (or None) instead of {c.batch_size} for {n} training "
+                "samples, or use optimizer='adam' for minibatches."
+            )
+        bs = min(bs, n)
+        if bs <= o:
+            raise ValueError(
+                f"batch_size={bs} (with {n} training samples) is not larger than the output dimension "
+                f"out_dim={o}: the batch covariance of the {o} outputs would be singular and the correlation "
+                f"estimate meaningless. Use batches of well over {o} samples (several times {o} is better), "
+                "or reduce towers.out_dim."
+            )
+        return bs
+
+    def _fit(self, x_v, x_s, *, validation=None, workdir=None, callback=None):
+        c = self.config
+        _validate_config(c)
+        dt = DTYPES[c.dtype]
+        x_v, x_s = x_v.astype(dt), x_s.astype(dt)
+        x_v, x_s, val = self._split(x_v, x_s, validation)
+        if val is not None:
+            val = (val[0].astype(dt), val[1].astype(dt))
+            if val[0].shape[0] <= self.n_components:
+                raise ValueError(
+                    f"the validation set has {val[0].shape[0]} samples; it needs more than n_components="
+                    f"{self.n_components} to estimate the held-out correlation. Pass more validation data or "
+                    "a larger validation_fraction."
+                )
+        n = x_v.shape[0]
+        bs = self._batch_size(n)
+        steps_per_epoch = n // bs
+        total_steps = steps_per_epoch * int(c.epochs)
+        if c.n_components is not None and not 1 <= self.n_components <= int(c.towers.out_dim):
+            raise ValueError(f"n_components={c.n_components} must be between 1 and towers.out_dim={c.towers.out_dim}.")
+
+        rng = jax.random.key(int(c.seed))
+        init_rng, data_rng, step_rng = jax.random.split(rng, 3)
+        params, stats = self._init_variables(x_v, x_s, init_rng)
+        # The optimiser is static train-state metadata: the cached instance keeps the compiled step valid.
+        tx = _compiled_optimizer(_step_key(c))
+        state = DCCATrainState.create(apply_fn=None, params=params, tx=tx, batch_stats=stats)
+        # A concrete int32 step: the weakly typed Python 0 would compile the train step twice.
+        state = state.replace(step=jnp.zeros((), jnp.int32))
+        meta = {"best_val_corr": None, "best_step": 0, "bad_epochs": 0, "stopped": False, "epoch_losses": [],
+                "train_seconds": 0.0}
+        best_params, best_stats = jax.device_get((params, stats))
+
+        workdir = None if workdir is None else pathlib.Path(workdir)
+        manager = None
+        resume_step = None
+        if workdir is not None:
+            manager = self._checkpoint_manager(workdir)
+            latest = manager.latest_step()
+            if latest is not None:
+                state, best_params, best_stats, meta = self._restore(manager, latest, state, n, val)
+                resume_step = int(latest)
+                logging.info("dcca: resumed from %s at step %d", workdir / CHECKPOINT_DIR, resume_step)
+        writer = _MetricsWriter(workdir, resume_step if resume_step is not None else 0)
+
+        train_step = _compiled_train_step(_step_key(c))
+
+        step = int(state.step)
+        t0 = time.time()
+        # Training time accumulated over resumed runs (up to each one's last checkpoint).
+        seconds_before = float(meta.get("train_seconds", 0.0))
+        ckpt_every = int(c.checkpoint_every)
+
+        def save(step):
+            meta["train_seconds"] = seconds_before + time.time() - t0
+            if manager is None:
+                return
+            self._save_checkpoint(manager, step, state, best_params, best_stats, meta, n, val)
+
+        try:
+            while step < total_steps and not meta["stopped"]:
+                epoch = step // steps_per_epoch
+                order = _epoch_order(data_rng, epoch, n=n)
+                for i in range(step - epoch * steps_per_epoch, steps_per_epoch):
+                    state, metrics = train_step(state, _gather(x_v, x_s, order, i, batch_size=bs), step_rng)
+                    step += 1
+                    loss = float(metrics["loss"])
+                    if not math.isfinite(loss):
+                        raise NonFiniteLossError(self._nonfinite_message(loss, step, epoch, bs, workdir))
+                    meta["epoch_losses"].append(loss)
+                    rec = {"kind": "step", "step": step, "epoch": epoch, **metrics}
+                    writer.write(rec, log=step % max(1, int(c.log_every)) == 0)
+                    if callback is not None:
+                        callback(step, {k: float(v) for k, v in metrics.items()})
+                    if i == steps_per_epoch - 1:
+                        break  # the end-of-epoch work below also checkpoints
+                    if ckpt_every and step % ckpt_every == 0:
+                        save(step)
+                # ---- end of epoch: evaluate, early stopping, checkpoint
+                rec = {"kind": "epoch", "step": step, "epoch": epoch,
+                       "train_objective": -float(np.mean(meta["epoch_losses"])), "elapsed_s": seconds_before + time.time() - t0}
+                meta["epoch_losses"] = []
+                if val is not None:
+                    vc = self._held_out_corr(state.params, state.batch_stats, val)
+                    rec["val_corr"] = vc
+                    if not math.isfinite(vc):
+                        raise NonFiniteLossError(self._nonfinite_message(vc, step, epoch, bs, workdir, held_out=True))
+                    if meta["best_val_corr"] is None or vc > meta["best_val_corr"]:
+                        meta.update(best_val_corr=vc, best_step=step, bad_epochs=0)
+                        best_params, best_stats = jax.device_get((state.params, state.batch_stats))
+                    else:
+                        meta["bad_epochs"] += 1
+                    rec["best_val_corr"] = meta["best_val_corr"]
+                    if int(c.patience) > 0 and meta["bad_epochs"] >= int(c.patience):
+                        meta["stopped"] = True
+                        logging.info("dcca: early stop at epoch %d (best held-out correlation %.4f at step %d)",
+                                     epoch, meta["best_val_corr"], meta["best_step"])
+                else:
+                    best_params, best_stats = jax.device_get((state.params, state.batch_stats))
+                    meta["best_step"] = step
+                writer.write(rec)
+                if not ckpt_every or step % ckpt_every == 0 or step >= total_steps or meta["stopped"]:
+                    save(step)
+        finally:
+            if manager is not None:
+                manager.wait_until_finished()
+                manager.close()
+
+        self.params = jax.tree_util.tree_map(jnp.asarray, best_params)
+        self.batch_stats = jax.tree_util.tree_map(jnp.asarray, best_stats) if best_stats else {}
+        self.history = writer.history
+        self.best_step = int(meta["best_step"])
+        self.best_val_corr = meta["best_val_corr"]
+        # Eq. 8: linear CCA on the towers' outputs for the training data.
+        h_v = self._outputs(self.params, self.batch_stats, x_v, 0)
+        h_s = self._outputs(self.params, self.batch_stats, x_s, 1)
+        r = c.final_cca_ridge
+        rv, rs = (c.ridge_v, c.ridge_s) if r is None else (r, r)
+        self.cca = fit_linear_cca(h_v, h_s, n_components=self.n_components, ridge_v=rv, ridge_s=rs)
+        # Total fit time: training over all (resumed) runs plus the final CCA.
+        self.fit_seconds = seconds_before + time.time() - t0
+
+    def _nonfinite_message(self, value, step, epoch, bs, workdir, held_out=False) -> str:
+        c = self.config
+        what = "held-out correlation" if held_out else "DCCA loss"
+        return (
+            f"non-finite {what} ({value}) at step {step} (epoch {epoch}): a batch covariance of the tower "
+            f"outputs became singular or the updates diverged. Increase ridge_v/ridge_s (now {c.ridge_v}, "
+            f"{c.ridge_s}), lower learning_rate (now {c.learning_rate}), or use larger batches (batch_size "
+            f"now {bs}, towers.out_dim {c.towers.out_dim}); a tanh/sigmoid activation saturates less than "
+            f"relu. "
+            + (f"The last finite checkpoint in {workdir} is kept; change the config and rerun in a fresh workdir."
+               if workdir is not None else "")
+        )
+
+    # ------------------------------------------------------------------ checkpoints
+    def _checkpoint_manager(self, workdir: pathlib.Path):
+        import orbax.checkpoint as ocp
+
+        workdir.mkdir(parents=True, exist_ok=True)
+        options = ocp.CheckpointManagerOptions(max_to_keep=max(1, int(self.config.keep_checkpoints)), create=True)
+        return ocp.CheckpointManager((workdir / CHECKPOINT_DIR).resolve(), options=options)
+
+    def _fingerprint(self, n, val) -> dict:
+        cfg = json.loads(self.config.to_json())
+        for f in _RESUMABLE_FIELDS:
+            cfg.pop(f, None)
+        return {"config": cfg, "n_train": int(n), "n_val": 0 if val is None else int(val[0].shape[0])}
+
+    def _save_checkpoint(self, manager, step, state, best_params, best_stats, meta, n, val):
+        import orbax.checkpoint as ocp
+
+        tree = {
+            "state": {"params": state.params, "opt_state": state.opt_state, "step": state.step,
+                      "batch_stats": state.batch_stats},
+            "best": {"params": best_params, "batch_stats": best_stats},
+        }
+        # Host copies: the train step donates its input buffers, an async save must not read them.
+        tree = jax.device_get(tree)
+        info = {**meta, "fingerprint": self._fingerprint(n, val)}
+        manager.save(step, args=ocp.args.Composite(tree=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(info)))
+
+    def _restore(self, manager, step, state, n, val):
+        import orbax.checkpoint as ocp
+
+        info = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        want = self._fingerprint(n, val)
+        if info.get("fingerprint") != want:
+            raise ValueError(
+                f"the checkpoint at step {step} in {manager.directory} was written with a different config or "
+                f"data size ({info.get('fingerprint')} vs now {want}); use a fresh workdir, or the old config. "
+                f"Only {_RESUMABLE_FIELDS} may change between a run and its resumption."
+            )
+        template = {
+            "state": {"params": state.params, "opt_state": state.opt_state, "step": state.step,
+                      "batch_stats": state.batch_stats},
+            "best": {"params": state.params, "batch_stats": state.batch_stats},
+        }
+        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
+        tree = manager.restore(step, args=ocp.args.Composite(tree=ocp.args.StandardRestore(abstract)))["tree"]
+        s = tree["state"]
+        state = state.replace(params=s["params"], opt_state=s["opt_state"], step=s["step"], batch_stats=s["batch_stats"])
+        meta = {k: v for k, v in info.items() if k != "fingerprint"}
+        if int(self.config.patience) > 0 and val is not None:
+            meta["stopped"] = meta["bad_epochs"] >= int(self.config.patience)
+        return state, tree["best"]["params"], tree["best"]["batch_stats"], meta
+
+    # ------------------------------------------------------------------ model API hooks
+    def _transform(self, x_v, x_s):
+        h_v = None if x_v is None else self._outputs(self.params, self.batch_stats, x_v, 0)
+        h_s = None if x_s is None else self._outputs(self.params, self.batch_stats, x_s, 1)
+        return project(self.cca, h_v, h_s)
+
+    @property
+    def correlations(self) -> jax.Array:
+        """Training canonical correlations of the final CCA on the towers' outputs, descending."""
+        self._check_fitted()
+        return self.cca.correlations
+
+    def _state(self):
+        out = _flatten(self.params, "params")
+        if self.batch_stats:
+            out.update(_flatten(self.batch_stats, "batch_stats"))
+        for k in ("mean_v", "mean_s", "proj_v", "proj_s", "correlations"):
+            out[f"cca/{k}"] = np.asarray(getattr(self.cca, k))
+        return out
+
+    def _set_state(self, arrays):
+        self.params = _unflatten(arrays, "params")
+        self.batch_stats = _unflatten(arrays, "batch_stats")
+        self.cca = CCAParams(**{k: jnp.asarray(arrays[f"cca/{k}"]) for k in ("mean_v", "mean_s", "proj_v", "proj_s", "correlations")})
+        self.history = []
+
+    def _save_extra(self, path: pathlib.Path) -> None:
+        (path / "history.json").write_text(json.dumps(getattr(self, "history", []), indent=1))
+
+    def _load_extra(self, path: pathlib.Path) -> None:
+        f = path / "history.json"
+        self.history = json.loads(f.read_text()) if f.exists() else []

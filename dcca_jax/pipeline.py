@@ -1,0 +1,651 @@
+"""The whole pipeline of the paper (Fig. 1), stage by stage, cached and resumable.
+
+images + tags -> visual view (CNN features -> auto-encoder, section 2) and semantic view (skip-gram ->
+deep textual words, section 2) -> correlation models (CCA, KCCA, DCCA; section 3) -> tag recommendation
+(kNN label transfer in the common space) -> metrics (per-image AP/AR/AF, Eq. 9-11; per-word P/R/F1/N+;
+the cross-modal correlation score of Table 1) beside the baselines (JEC, general CCA, CCA-KNN).
+
+Each stage writes into ``workdir/stages/<stage>/`` together with ``key.json``, the part of the config
+and the upstream keys it depends on, and a ``DONE`` marker written last. A rerun skips a stage whose key
+matches and whose ``DONE`` exists; a stage whose inputs changed is redone (and so is everything
+downstream, since their keys contain its key). An interrupted stage resumes from its own checkpoints
+(feature shards, auto-encoder and DCCA orbax checkpoints).
+
+Protocol (no test leakage): the training split is divided into a *fit* part and a *validation* part
+(``data.validation_fraction``). Models are fitted on the fit part; DCCA and the auto-encoder stop early
+on the validation part; the training items used for label transfer are the whole training split; the
+test split is used once, for the reported numbers.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import platform
+import shutil
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from dcca_jax import autoencoder as ae_lib
+from dcca_jax import datasets as data_lib
+from dcca_jax import deepwords
+from dcca_jax import extract as extract_lib
+from dcca_jax import metrics as metrics_lib
+from dcca_jax import recommend as rec_lib
+from dcca_jax import synthetic
+from dcca_jax.base import CorrelationModel, correlation_score_curve, load_model
+from dcca_jax.baselines import cca_knn as cca_knn_lib
+from dcca_jax.baselines import general_cca as general_cca_lib
+from dcca_jax.baselines import jec as jec_lib
+from dcca_jax.cca import LinearCCA
+
+__all__ = [
+    "default_config",
+    "default_tflite_path",
+    "PipelineError",
+    "Pipeline",
+    "run_pipeline",
+    "MODEL_NAMES",
+    "BASELINE_NAMES",
+]
+
+MODEL_NAMES = ("cca", "kcca", "dcca")
+BASELINE_NAMES = ("jec", "general_cca", "cca_knn")
+STAGE_VERSION = 1
+_TFLITE_NAME = "mobilenet_v2_1.0_224_quant.tflite"
+
+
+class PipelineError(RuntimeError):
+    """A user-facing failure (bad path, bad config): the message says what to change."""
+
+
+def default_tflite_path() -> str:
+    """Where the MobileNetV2 TFLite weights are looked for: ``$DCCA_MOBILENET_TFLITE``, else
+    ``../shared/models/mobilenet_v2_1.0_224_quant/`` beside the repository."""
+    env = os.environ.get("DCCA_MOBILENET_TFLITE")
+    if env:
+        return env
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    return str(repo.parent / "shared" / "models" / "mobilenet_v2_1.0_224_quant" / _TFLITE_NAME)
+
+
+def _model_classes():
+    # Imported lazily: kernel and deep CCA pull in more of flax/optax/orbax than the rest needs.
+    from dcca_jax.dcca import DeepCCA
+    from dcca_jax.kcca import KernelCCA
+
+    return {"cca": LinearCCA, "kcca": KernelCCA, "dcca": DeepCCA}
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The main job's configuration: the embedded synthetic dataset, end to end, on 2 CPU cores."""
+    classes = _model_classes()
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    c.data = ml_collections.ConfigDict()
+    c.data.kind = "synthetic"  # synthetic | corel5k | image_folder | nus_wide | features
+    c.data.root = ""  # dataset folder (for synthetic: where to generate; default workdir/stages/data)
+    c.data.options = ml_collections.ConfigDict()  # extra keyword arguments of the loader
+    c.data.synthetic = synthetic.default_config()
+    c.data.validation_fraction = 0.15
+    c.data.max_train = 0  # 0 = all; else a seeded subsample (quick trials)
+
+    c.visual = ml_collections.ConfigDict()
+    c.visual.backbone = "auto"  # auto | mobilenet_v2 | alexnet | handcrafted | precomputed
+    c.visual.tflite_path = default_tflite_path()
+    c.visual.alexnet_weights = ""
+    c.visual.alexnet_layout = "torchvision"
+    c.visual.batch_size = 32
+    c.visual.use_autoencoder = True
+    c.visual.autoencoder = ae_lib.default_config()
+    c.visual.autoencoder.code_dim = 300
+
+    c.semantic = deepwords.default_config()
+
+    c.models = MODEL_NAMES
+    c.cca = classes["cca"].default_config()
+    c.cca.n_components = 20
+    c.cca.ridge_v = 1e-2
+    c.cca.ridge_s = 1e-2
+    c.kcca = classes["kcca"].default_config()
+    c.dcca = classes["dcca"].default_config()
+
+    c.baselines = BASELINE_NAMES
+    c.general_cca = general_cca_lib.general_cca_config()
+    c.cca_knn = cca_knn_lib.cca_knn_config()
+    c.cca_knn.word2vec_dim = 100
+    c.jec = ml_collections.ConfigDict({"k": 5})
+
+    c.recommend = rec_lib.transfer_config()
+    c.eval = ml_collections.ConfigDict({"ccs_top_k": 20, "ap_ar_max_tags": 10})
+    return c
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def _jsonable(obj):
+    if isinstance(obj, ml_collections.ConfigDict):
+        return json.loads(obj.to_json_best_effort())
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.generic, jax.Array)):
+        return np.asarray(obj).tolist()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, pathlib.PurePath):
+        return str(obj)
+    return obj
+
+
+def _key(payload: Any) -> str:
+    blob = json.dumps(_jsonable(payload), sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _atomic_write_text(path: pathlib.Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _save_npy(path: pathlib.Path, arr) -> None:
+    tmp = path.with_name(path.name + ".tmp.npy")
+    np.save(tmp, np.asarray(arr))
+    os.replace(tmp, path)
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that decide the numbers (written beside every result)."""
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in ("dcca_jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "scipy", "gensim", "pillow"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = "not installed"
+    out["jax_backend"] = jax.default_backend()
+    return out
+
+
+@dataclasses.dataclass
+class Views:
+    """The two views of every split, aligned row by row with ``labels``."""
+
+    v: dict[str, np.ndarray]
+    s: dict[str, np.ndarray]
+    labels: dict[str, np.ndarray]
+
+
+class Pipeline:
+    """Runs (or reloads) the stages of the pipeline in ``workdir``.
+
+    Each ``stage_*`` method returns the stage's outputs, computing them only when the cached ones are
+    missing or stale. ``run()`` runs everything and writes ``results.json``, ``tables.md`` and figures.
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, progress: bool = False,
+                 fail_after: str | None = None, variant: str = ""):
+        self.config = config
+        self.workdir = pathlib.Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.progress = progress
+        # Test hook: raise right after this stage completes, to simulate a killed job.
+        self._fail_after = fail_after
+        # A variant (e.g. "d50" in a dimension sweep) keeps its own model/recommend stages beside the
+        # shared data and feature stages, so sweeping does not overwrite the main run.
+        self.variant = variant
+        self._cache: dict[str, Any] = {}
+        self.timings: dict[str, float] = {}
+        self._validate_config()
+
+    # ------------------------------------------------------------------------------------- machinery
+    def _validate_config(self) -> None:
+        c = self.config
+        bad = [m for m in c.models if m not in MODEL_NAMES]
+        if bad:
+            raise PipelineError(f"config.models has unknown entries {bad}; choose from {MODEL_NAMES}.")
+        bad = [b for b in c.baselines if b not in BASELINE_NAMES]
+        if bad:
+            raise PipelineError(f"config.baselines has unknown entries {bad}; choose from {BASELINE_NAMES}.")
+        if c.data.kind not in ("synthetic",) + tuple(data_lib.LOADERS):
+            raise PipelineError(
+                f"config.data.kind={c.data.kind!r} is not one of {('synthetic',) + tuple(data_lib.LOADERS)}."
+            )
+        if c.data.kind != "synthetic" and not c.data.root:
+            raise PipelineError(f"config.data.root is empty: set --config.data.root=/path/to/{c.data.kind}.")
+        if c.data.kind != "synthetic" and not pathlib.Path(c.data.root).exists():
+            raise PipelineError(f"config.data.root={c.data.root} does not exist: point it at the dataset folder.")
+
+    def _stage_dir(self, name: str) -> pathlib.Path:
+        if self.variant and (name.startswith("model_") or name == "recommend"):
+            name = f"{name}@{self.variant}"
+        return self.workdir / "stages" / name
+
+    def _run_stage(self, name: str, key_payload: dict, compute: Callable[[pathlib.Path], None]) -> tuple[pathlib.Path, str]:
+        key = _key({"stage": name, "version": STAGE_VERSION, **key_payload})
+        d = self._stage_dir(name)
+        key_file, done = d / "key.json", d / "DONE"
+        if done.exists() and key_file.exists() and json.loads(key_file.read_text()).get("key") == key:
+            logging.info("stage %s: up to date (key %s), skipped", name, key)
+            return d, key
+        if key_file.exists() and json.loads(key_file.read_text()).get("key") != key:
+            logging.info("stage %s: inputs changed, recomputing", name)
+            shutil.rmtree(d)
+        elif d.exists():
+            logging.info("stage %s: resuming an unfinished run", name)
+        d.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(key_file, json.dumps({"key": key, "inputs": _jsonable(key_payload)}, indent=2))
+        t0 = time.perf_counter()
+        compute(d)
+        self.timings[name] = time.perf_counter() - t0
+        _atomic_write_text(d / "timing.json", json.dumps({"seconds": self.timings[name]}))
+        done.write_text(key + "\n")
+        logging.info("stage %s: done in %.1f s", name, self.timings[name])
+        if self._fail_after == name:
+            raise KeyboardInterrupt(f"simulated interruption after stage {name}")
+        return d, key
+
+    # ------------------------------------------------------------------------------------------ data
+    def stage_data(self):
+        """Loads the dataset (generating the synthetic one first) and splits train into fit/val."""
+        if "data" in self._cache:
+            return self._cache["data"]
+        c = self.config
+        if c.data.kind == "synthetic":
+            root = pathlib.Path(c.data.root) if c.data.root else self._stage_dir("data") / "synthetic"
+
+            def gen(d):
+                synthetic.generate(root, config=c.data.synthetic)
+
+            _, gen_key = self._run_stage("data", {"synthetic": c.data.synthetic, "root": str(root)}, gen)
+            ds = data_lib.load_image_folder(root, name="synthetic")
+        else:
+            try:
+                ds = data_lib.load_dataset(c.data.kind, c.data.root, **dict(c.data.options))
+            except FileNotFoundError as e:
+                raise PipelineError(f"cannot load {c.data.kind} from {c.data.root}: {e}") from e
+        train = ds.train
+        if c.data.max_train and c.data.max_train < len(train):
+            idx = np.sort(np.random.default_rng(c.seed).permutation(len(train))[: c.data.max_train])
+            train = train.subset(idx)
+        fit, val = data_lib.train_validation_split(train, fraction=c.data.validation_fraction, seed=c.seed)
+        fingerprint = _key({
+            "name": ds.name, "vocabulary": ds.vocabulary,
+            "train": [train.ids, train.tags], "test": [ds.test.ids, ds.test.tags],
+            "features": [None if s.features is None else hashlib.sha256(np.ascontiguousarray(s.features)).hexdigest()
+                         for s in (train, ds.test)],
+        })
+        out = {"dataset": ds, "train": train, "fit": fit, "val": val, "test": ds.test, "fingerprint": fingerprint}
+        # Row positions of fit/val inside train (train_validation_split keeps order, ids are unique).
+        pos = {i: k for k, i in enumerate(train.ids)}
+        out["fit_rows"] = np.array([pos[i] for i in fit.ids], np.int64)
+        out["val_rows"] = np.array([pos[i] for i in val.ids], np.int64)
+        self._cache["data"] = out
+        return out
+
+    # ------------------------------------------------------------------------------------ visual view
+    def _jec_cache(self, split: str) -> pathlib.Path:
+        # JEC features serve both the JEC baseline and the hand-crafted backbone; the file records a hash
+        # of its image list and is recomputed when that changes.
+        return self.workdir / "stages" / "jec_features" / f"{split}.npz"
+
+    def _backbone_name(self) -> str:
+        c = self.config.visual
+        data = self.stage_data()
+        if c.backbone != "auto":
+            return c.backbone
+        if data["train"].features is not None:
+            return "precomputed"
+        if c.tflite_path and pathlib.Path(c.tflite_path).exists():
+            return "mobilenet_v2"
+        logging.warning(
+            "MobileNetV2 weights not found at %s: using the hand-crafted colour+texture backbone. Set "
+            "--config.visual.tflite_path (or $DCCA_MOBILENET_TFLITE) to the TFLite file for CNN features.",
+            c.tflite_path,
+        )
+        return "handcrafted"
+
+    def stage_cnn(self):
+        """CNN (or hand-crafted / precomputed) features of every train and test image."""
+        if "cnn" in self._cache:
+            return self._cache["cnn"]
+        data = self.stage_data()
+        c = self.config.visual
+        name = self._backbone_name()
+        payload = {"data": data["fingerprint"], "backbone": name}
+        if name == "mobilenet_v2":
+            payload["weights"] = c.tflite_path
+        elif name == "alexnet":
+            payload["weights"] = [c.alexnet_weights, c.alexnet_layout]
+        splits = {"train": data["train"], "test": data["test"]}
+
+        def compute(d):
+            info = {"backbone": name, "failed": []}
+            for split_name, split in splits.items():
+                if name == "precomputed":
+                    feats = np.asarray(split.features, np.float32)
+                    ok = np.isfinite(feats).all(1)
+                elif name == "handcrafted":
+                    feats = handcrafted_features(split.image_paths, cache_path=self._jec_cache(split_name))
+                    ok = np.ones(len(feats), bool)
+                else:
+                    bcfg = extract_lib.default_backbone_config()
+                    bcfg.backbone = name
+                    bcfg.mobilenet_v2.tflite_path = c.tflite_path
+                    bcfg.alexnet.weights_path = c.alexnet_weights
+                    bcfg.alexnet.layout = c.alexnet_layout
+                    if name == "mobilenet_v2" and not pathlib.Path(c.tflite_path).exists():
+                        raise PipelineError(f"MobileNetV2 TFLite file not found: {c.tflite_path}; set "
+                                            "--config.visual.tflite_path or $DCCA_MOBILENET_TFLITE.")
+                    backbone = extract_lib.build_backbone(bcfg)
+                    res = extract_lib.extract_features(
+                        split.image_paths, backbone=backbone, batch_size=c.batch_size,
+                        cache_dir=d / f"shards_{split_name}", progress=self.progress)
+                    feats, ok = res.features, res.ok
+                    info[f"images_per_second_{split_name}"] = res.images_per_second
+                    info["failed"] += [{**f, "split": split_name} for f in res.failed]
+                _save_npy(d / f"{split_name}.npy", feats.astype(np.float32))
+                _save_npy(d / f"{split_name}_ok.npy", ok)
+                info[f"n_{split_name}"] = int(len(feats))
+                info[f"n_failed_{split_name}"] = int((~ok).sum())
+            _atomic_write_text(d / "info.json", json.dumps(_jsonable(info), indent=2))
+
+        d, key = self._run_stage("cnn", payload, compute)
+        out = {"key": key, "info": json.loads((d / "info.json").read_text())}
+        for s in ("train", "test"):
+            out[s] = np.load(d / f"{s}.npy")
+            out[f"{s}_ok"] = np.load(d / f"{s}_ok.npy")
+        for f in out["info"]["failed"]:
+            logging.warning("image skipped: %s (%s)", f.get("path"), f.get("reason"))
+        self._cache["cnn"] = out
+        return out
+
+    def _rows(self):
+        """Rows kept in each split (images whose features could be computed) and fit/val inside train."""
+        data, cnn = self.stage_data(), self.stage_cnn()
+        keep_train, keep_test = cnn["train_ok"], cnn["test_ok"]
+        fit = data["fit_rows"][keep_train[data["fit_rows"]]]
+        val = data["val_rows"][keep_train[data["val_rows"]]]
+        return {"train": np.flatnonzero(keep_train), "test": np.flatnonzero(keep_test), "fit": fit, "val": val}
+
+    def stage_autoencoder(self):
+        """Auto-encoder codes (section 2) of the CNN features; fitted on the fit part, stopped on val."""
+        if "ae" in self._cache:
+            return self._cache["ae"]
+        cnn, rows = self.stage_cnn(), self._rows()
+        c = self.config.visual
+        if not c.use_autoencoder:
+            out = {"key": cnn["key"], "train": cnn["train"], "test": cnn["test"], "metrics": None}
+            self._cache["ae"] = out
+            return out
+
+        def compute(d):
+            x_fit, x_val = cnn["train"][rows["fit"]], cnn["train"][rows["val"]]
+            model = ae_lib.fit_autoencoder(x_fit, config=c.autoencoder, workdir=str(d / "train"), x_val=x_val)
+            model.save(d / "model")
+            codes = {s: np.zeros((len(cnn[s]), c.autoencoder.code_dim), np.float32) for s in ("train", "test")}
+            for s in ("train", "test"):
+                ok = rows[s]
+                codes[s][ok] = np.asarray(model.encode(cnn[s][ok]))
+                _save_npy(d / f"{s}.npy", codes[s])
+            rec = np.asarray(model.reconstruct(cnn["test"][rows["test"]]))
+            held = ae_lib.reconstruction_metrics(cnn["test"][rows["test"]], rec, mean=model.mean)
+            pca = ae_lib.pca_reconstruction(x_fit, cnn["test"][rows["test"]], n_components=c.autoencoder.code_dim)
+            held_pca = ae_lib.reconstruction_metrics(cnn["test"][rows["test"]], pca, mean=model.mean)
+            m = {"held_out": held, "held_out_pca_same_dim": held_pca, "best_epoch": model.best_epoch,
+                 "input_dim": int(cnn["train"].shape[1]), "code_dim": int(c.autoencoder.code_dim)}
+            _atomic_write_text(d / "metrics.json", json.dumps(_jsonable(m), indent=2))
+
+        d, key = self._run_stage("autoencoder", {"cnn": cnn["key"], "ae": c.autoencoder}, compute)
+        out = {"key": key, "train": np.load(d / "train.npy"), "test": np.load(d / "test.npy"),
+               "metrics": json.loads((d / "metrics.json").read_text())}
+        self._cache["ae"] = out
+        return out
+
+    # ---------------------------------------------------------------------------------- semantic view
+    def stage_semantic(self):
+        """Skip-gram vectors and deep textual words learned on the fit part; every split encoded."""
+        if "semantic" in self._cache:
+            return self._cache["semantic"]
+        data, rows = self.stage_data(), self._rows()
+        c = self.config.semantic
+        vocab = data["dataset"].vocabulary
+
+        def compute(d):
+            fit_tags = [data["train"].tags[i] for i in rows["fit"]]
+            view = deepwords.semantic_view(fit_tags, data["train"].tags, data["test"].tags, config=c,
+                                           vocabulary=vocab, names=["fit", "train", "test"])
+            _save_npy(d / "train.npy", np.asarray(view.others[0], np.float32))
+            _save_npy(d / "test.npy", np.asarray(view.others[1], np.float32))
+            tag_s, _ = view.encoder.encode_numpy([[w] for w in vocab], name="vocabulary")
+            _save_npy(d / "tags.npy", np.asarray(tag_s, np.float32))
+            view.encoder.save(d / "encoder")
+            _atomic_write_text(d / "reports.json", json.dumps([r.to_dict() for r in view.reports], indent=2))
+
+        d, key = self._run_stage("semantic", {"data": data["fingerprint"], "rows": _key(rows), "semantic": c}, compute)
+        out = {"key": key, "train": np.load(d / "train.npy"), "test": np.load(d / "test.npy"),
+               "tags": np.load(d / "tags.npy"), "reports": json.loads((d / "reports.json").read_text())}
+        self._cache["semantic"] = out
+        return out
+
+    def views(self) -> Views:
+        """The DMFR views (AE codes, bags of deep words) of the fit/val/train/test rows, with labels."""
+        data, rows, ae, sem = self.stage_data(), self._rows(), self.stage_autoencoder(), self.stage_semantic()
+        lab_train, lab_test = data["train"].labels, data["test"].labels
+        v = {"fit": ae["train"][rows["fit"]], "val": ae["train"][rows["val"]], "train": ae["train"][rows["train"]],
+             "test": ae["test"][rows["test"]]}
+        s = {"fit": sem["train"][rows["fit"]], "val": sem["train"][rows["val"]],
+             "train": sem["train"][rows["train"]], "test": sem["test"][rows["test"]]}
+        labels = {"fit": lab_train[rows["fit"]], "val": lab_train[rows["val"]], "train": lab_train[rows["train"]],
+                  "test": lab_test[rows["test"]]}
+        return Views(v, s, labels)
+
+    # ------------------------------------------------------------------------------------------ models
+    def stage_model(self, name: str) -> tuple[CorrelationModel, dict]:
+        """Fits one correlation model (``cca``, ``kcca`` or ``dcca``) on the DMFR views of the fit part."""
+        key_ = f"model_{name}"
+        if key_ in self._cache:
+            return self._cache[key_]
+        ae, sem = self.stage_autoencoder(), self.stage_semantic()
+        mcfg = self.config[name]
+        views = self.views()
+        cls = _model_classes()[name]
+
+        def compute(d):
+            model = cls(mcfg)
+            t0 = time.perf_counter()
+            if name == "dcca":
+                model.fit(views.v["fit"], views.s["fit"], validation=(views.v["val"], views.s["val"]),
+                          workdir=d / "train")
+            else:
+                model.fit(views.v["fit"], views.s["fit"])
+            fit_s = time.perf_counter() - t0
+            model.save(d / "model")
+            t0 = time.perf_counter()
+            curves = {}
+            for split in ("fit", "val", "test"):
+                z_v, z_s = model.transform(views.v[split], views.s[split])
+                curves[split] = np.asarray(correlation_score_curve(z_v, z_s)).tolist()
+            transform_s = time.perf_counter() - t0
+            info = {"fit_seconds": fit_s, "transform_seconds": transform_s, "ccs": curves,
+                    "n_components": int(len(curves["fit"])), "config": _jsonable(mcfg)}
+            if name == "dcca":
+                info["objective"] = mcfg.objective
+            _atomic_write_text(d / "info.json", json.dumps(info, indent=2))
+
+        d, _ = self._run_stage(key_, {"ae": ae["key"], "semantic": sem["key"], "model": mcfg}, compute)
+        out = (load_model(d / "model"), json.loads((d / "info.json").read_text()))
+        self._cache[key_] = out
+        return out
+
+    # ------------------------------------------------------------------------------- recommendations
+    def _evaluate(self, scores, truth, n_tags: int) -> dict:
+        pred = metrics_lib.top_n_indicator(scores, n=n_tags)
+        m = metrics_lib.to_python(metrics_lib.evaluate(pred, truth))
+        curve = []
+        for n in range(1, min(self.config.eval.ap_ar_max_tags, truth.shape[1]) + 1):
+            pi = metrics_lib.to_python(metrics_lib.per_image_metrics(metrics_lib.top_n_indicator(scores, n=n), truth))
+            curve.append({"n_tags": n, **pi})
+        return {"metrics": m, "ap_ar_curve": curve}
+
+    def recommend_with_model(self, name: str) -> dict:
+        """DMFR&<model>: kNN label transfer in the model's common space; metrics on the test split."""
+        model, _ = self.stage_model(name)
+        views, sem, rows = self.views(), self.stage_semantic(), self._rows()
+        del rows
+        c = self.config.recommend
+        _, scores = rec_lib.recommend_from_model(
+            model, views.v["test"], train_v=views.v["train"], train_s=views.s["train"],
+            train_labels=views.labels["train"], config=c, tag_s=sem["tags"])
+        return {"scores": np.asarray(scores), **self._evaluate(scores, views.labels["test"], int(c.n_tags))}
+
+    def recommend_baseline(self, name: str) -> dict:
+        """One baseline (``jec``, ``general_cca`` or ``cca_knn``) on the same split and rows."""
+        data, cnn, rows = self.stage_data(), self.stage_cnn(), self._rows()
+        c = self.config
+        lab_train, lab_test = data["train"].labels[rows["train"]], data["test"].labels[rows["test"]]
+        n_tags = int(c.recommend.n_tags)
+        if name == "jec":
+            if data["train"].image_paths is None:
+                raise PipelineError("JEC needs images; this dataset has precomputed features only. "
+                                    "Remove 'jec' from --config.baselines.")
+            tr = jec_lib.compute_jec_features(data["train"].image_paths, cache_path=self._jec_cache("train"))
+            te = jec_lib.compute_jec_features(data["test"].image_paths, cache_path=self._jec_cache("test"))
+            tr = {f: v[rows["train"]] for f, v in tr.items()}
+            te = {f: v[rows["test"]] for f, v in te.items()}
+            scales = jec_lib.distance_scales(tr, seed=c.seed)
+            dist = jec_lib.jec_distances(te, tr, scales=scales)
+            scores = jec_lib.jec_transfer(dist, lab_train, n_tags=n_tags, k=int(c.jec.k))
+        else:
+            x_tr, x_te = cnn["train"][rows["train"]], cnn["test"][rows["test"]]
+            x_fit = cnn["train"][rows["fit"]]
+            lab_fit = data["train"].labels[rows["fit"]]
+            g = c[name]
+            pca_dims = min(int(g.pca_dims), x_fit.shape[1], x_fit.shape[0] - 1)
+            if name == "general_cca":
+                k = min(int(g.n_components), pca_dims or x_fit.shape[1], lab_fit.shape[1])
+                model = general_cca_lib.fit_general_cca(x_fit, lab_fit.astype(np.float32), pca_dims=pca_dims,
+                                                        n_components=k, ridge_v=g.ridge_v, ridge_s=g.ridge_s)
+                s_tr, tag_s = lab_train.astype(np.float32), np.eye(lab_train.shape[1], dtype=np.float32)
+            else:
+                wv = cca_knn_lib.train_tag_word2vec(lab_fit, data["dataset"].vocabulary, dim=int(g.word2vec_dim),
+                                                    seed=c.seed)
+                k = min(int(g.n_components), pca_dims or x_fit.shape[1], wv.shape[1])
+                model = cca_knn_lib.fit_cca_knn(x_fit, lab_fit, wv, pca_dims=pca_dims, n_components=k,
+                                                ridge_v=g.ridge_v, ridge_s=g.ridge_s)
+                s_tr, tag_s = cca_knn_lib.mean_tag_vectors(lab_train, wv), wv
+            _, scores = rec_lib.recommend_from_model(model, x_te, train_v=x_tr, train_s=s_tr, train_labels=lab_train,
+                                                     config=g.transfer, tag_s=tag_s)
+        return {"scores": np.asarray(scores), **self._evaluate(scores, lab_test, n_tags)}
+
+    def stage_recommend(self) -> dict:
+        """Table 2: every baseline and every DMFR&model, same test rows, both metric families."""
+        data = self.stage_data()
+        keys = {m: self._run_key_of(f"model_{m}") for m in self.config.models}
+        payload = {"models": keys, "recommend": self.config.recommend, "cnn": self.stage_cnn()["key"],
+                   "baselines": {b: self.config[b] if b != "jec" else self.config.jec for b in self.config.baselines},
+                   "rows": _key(self._rows()), "data": data["fingerprint"]}
+
+        def compute(d):
+            results = {}
+            for b in self.config.baselines:
+                t0 = time.perf_counter()
+                r = self.recommend_baseline(b)
+                r["seconds"] = time.perf_counter() - t0
+                _save_npy(d / f"scores_{b}.npy", r.pop("scores"))
+                results[BASELINE_TITLES[b]] = r
+            for m in self.config.models:
+                t0 = time.perf_counter()
+                r = self.recommend_with_model(m)
+                r["seconds"] = time.perf_counter() - t0
+                _save_npy(d / f"scores_{m}.npy", r.pop("scores"))
+                results[MODEL_TITLES[m]] = r
+            _atomic_write_text(d / "results.json", json.dumps(_jsonable(results), indent=2))
+
+        d, _ = self._run_stage("recommend", payload, compute)
+        return json.loads((d / "results.json").read_text())
+
+    def _run_key_of(self, stage: str) -> str:
+        if stage.startswith("model_"):
+            self.stage_model(stage[len("model_"):])
+        return json.loads((self._stage_dir(stage) / "key.json").read_text())["key"]
+
+    # ------------------------------------------------------------------------------------------ report
+    def correlation_table(self) -> dict:
+        """Table 1: the cross-modal correlation score (top-1..K) of each model on fit, val and test."""
+        out = {}
+        for m in self.config.models:
+            _, info = self.stage_model(m)
+            out[MODEL_TITLES[m]] = {"ccs": info["ccs"], "fit_seconds": info["fit_seconds"],
+                                    "transform_seconds": info["transform_seconds"],
+                                    "objective": info.get("objective")}
+        return out
+
+    def run(self) -> dict:
+        """Every stage, then ``results.json``, ``tables.md`` and the figures; returns the results."""
+        t0 = time.perf_counter()
+        data = self.stage_data()
+        cnn = self.stage_cnn()
+        ae = self.stage_autoencoder()
+        sem = self.stage_semantic()
+        table1 = self.correlation_table()
+        table2 = self.stage_recommend()
+        results = {
+            "dataset": {"name": data["dataset"].name, "n_train": len(data["train"]), "n_fit": len(data["fit"]),
+                        "n_val": len(data["val"]), "n_test": len(data["test"]),
+                        "vocabulary": len(data["dataset"].vocabulary), "info": _jsonable(data["dataset"].info)},
+            "visual": {"backbone": cnn["info"]["backbone"], "cnn_dim": int(cnn["train"].shape[1]),
+                       "failed_images": cnn["info"]["failed"], "autoencoder": ae["metrics"]},
+            "semantic": {"dim": int(sem["train"].shape[1]), "reports": sem["reports"]},
+            "table1_correlation": table1,
+            "table2_recommendation": table2,
+            "config": _jsonable(self.config),
+            "versions": package_versions(),
+            "seconds_this_run": time.perf_counter() - t0,
+        }
+        _atomic_write_text(self.workdir / "results.json", json.dumps(_jsonable(results), indent=2))
+        from dcca_jax import report
+
+        _atomic_write_text(self.workdir / "tables.md", report.markdown_tables(results))
+        report.plot_correlation(results, self.workdir / "table1_ccs.png")
+        report.plot_ap_ar(results, self.workdir / "ap_ar.png")
+        return results
+
+
+MODEL_TITLES = {"cca": "DMFR&CCA", "kcca": "DMFR&KCCA", "dcca": "DMFR&DCCA"}
+BASELINE_TITLES = {"jec": "JEC", "general_cca": "General CCA", "cca_knn": "CCA-KNN"}
+
+
+def handcrafted_features(paths, *, cache_path=None) -> np.ndarray:
+    """A CNN-free visual feature for machines without pretrained weights (1,216-d).
+
+    JEC's HSV and LAB joint histograms coarsened to 8 bins per channel (512 each, square-rooted: the
+    Hellinger map, so that Euclidean geometry matches the Bhattacharyya similarity) and its 192 Gabor
+    energies, standardised.
+    """
+    feats = jec_lib.compute_jec_features(paths, cache_path=cache_path)
+
+    def coarse(h):
+        h = h.reshape(len(h), 8, 2, 8, 2, 8, 2).sum(axis=(2, 4, 6)).reshape(len(h), 512)
+        return np.sqrt(np.maximum(h, 0))
+
+    gabor = feats["gabor"]
+    gabor = (gabor - gabor.mean(0)) / (gabor.std(0) + 1e-6) / np.sqrt(gabor.shape[1])
+    return np.concatenate([coarse(feats["hsv"]), coarse(feats["lab"]), gabor], axis=1).astype(np.float32)
+
+
+def run_pipeline(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, progress: bool = False) -> dict:
+    """Runs the whole pipeline in ``workdir`` (resuming what is cached) and returns the results dict."""
+    return Pipeline(config, workdir, progress=progress).run()

@@ -1,0 +1,203 @@
+"""Markdown tables and matplotlib figures from a pipeline results dict (Tables 1-2, Figures 2-3).
+
+Per-image (Eq. 9-11) and per-word metrics are always in separate, labelled columns; correlation scores
+on training (fit) data are always shown beside the held-out ones.
+"""
+from __future__ import annotations
+
+import html
+import os
+import pathlib
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = [
+    "markdown_tables",
+    "table1_markdown",
+    "table2_markdown",
+    "plot_correlation",
+    "plot_ap_ar",
+    "plot_sweep",
+    "gallery",
+]
+
+_TOPS = (1, 2, 5, 10, 20)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def table1_markdown(table1: dict[str, Any], *, tops: Sequence[int] = _TOPS) -> str:
+    """Table 1: CCS (running sum of per-component correlations) at top-k, fit / val / test per model."""
+    lines = ["| model | split | " + " | ".join(f"top-{k}" for k in tops) + " | fit time (s) |",
+             "|---|---|" + "---|" * (len(tops) + 1)]
+    for model, row in table1.items():
+        for split, label in (("fit", "train (fit)"), ("val", "validation"), ("test", "test (held out)")):
+            curve = row["ccs"][split]
+            vals = [f"{curve[k - 1]:.3f}" if k <= len(curve) else "-" for k in tops]
+            t = f"{row['fit_seconds']:.1f}" if split == "fit" else ""
+            lines.append(f"| {model} | {label} | " + " | ".join(vals) + f" | {t} |")
+    return "\n".join(lines)
+
+
+def table2_markdown(table2: dict[str, Any]) -> str:
+    """Table 2: per-word P/R/F1/N+ and per-image AP/AR/AF (Eq. 9-11), one row per method."""
+    lines = ["| method | per-word P | per-word R | per-word F1 | N+ | per-image AP | per-image AR | per-image AF |",
+             "|---|---|---|---|---|---|---|---|"]
+    for method, r in table2.items():
+        m = r["metrics"]
+        lines.append(
+            f"| {method} | {m['per_word/P']:.3f} | {m['per_word/R']:.3f} | {m['per_word/F1']:.3f} | "
+            f"{int(m['per_word/N+'])} | {m['per_image/AP']:.3f} | {m['per_image/AR']:.3f} | {m['per_image/AF']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def markdown_tables(results: dict[str, Any]) -> str:
+    """The whole Markdown report of a pipeline run."""
+    ds, vis = results["dataset"], results["visual"]
+    parts = [
+        f"# Results: {ds['name']}",
+        "",
+        f"train {ds['n_train']} (fit {ds['n_fit']} + validation {ds['n_val']}), test {ds['n_test']}, "
+        f"vocabulary {ds['vocabulary']} words; visual backbone `{vis['backbone']}` ({vis['cnn_dim']}-d), "
+        f"semantic view {results['semantic']['dim']}-d; {len(vis['failed_images'])} image(s) skipped.",
+        "",
+    ]
+    ae = vis.get("autoencoder")
+    if ae:
+        h, p = ae["held_out"], ae["held_out_pca_same_dim"]
+        parts += [f"Auto-encoder {ae['input_dim']} -> {ae['code_dim']}: held-out variance retained "
+                  f"{h['variance_retained']:.3f} (PCA to the same dimension: {p['variance_retained']:.3f}).", ""]
+    parts += ["## Table 1: cross-modal correlation score (sum of the top-k correlations)", "",
+              "Components are ordered by their training correlation; held-out rows apply the fitted projections "
+              "to unseen pairs.", "", table1_markdown(results["table1_correlation"]), "",
+              "## Table 2: tag recommendation (test split)", "",
+              "Per-word: P and R averaged over words (P = 0 for a word never predicted), F1 of the averages, N+ = "
+              "words recalled at least once. Per-image: the paper's Eq. 9-11. The two families are not comparable.",
+              "", table2_markdown(results["table2_recommendation"]), ""]
+    return "\n".join(parts)
+
+
+def plot_correlation(results: dict[str, Any], path: str | os.PathLike) -> pathlib.Path:
+    """Table 1 as curves: CCS against k, solid = training (fit) data, dashed = test."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, (model, row) in enumerate(results["table1_correlation"].items()):
+        colour = f"C{i}"
+        for split, style in (("fit", "-"), ("test", "--")):
+            curve = row["ccs"][split]
+            ax.plot(np.arange(1, len(curve) + 1), curve, style, color=colour, label=f"{model} ({split})")
+    ax.set_xlabel("k (top-k canonical components)")
+    ax.set_ylabel("cross-modal correlation score")
+    ax.set_title("Table 1: training (solid) vs held-out (dashed)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    path = pathlib.Path(path)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_ap_ar(results: dict[str, Any], path: str | os.PathLike) -> pathlib.Path:
+    """AP against AR as the number of recommended tags grows (Fig. 2, right), one curve per method."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for method, r in results["table2_recommendation"].items():
+        c = r["ap_ar_curve"]
+        ax.plot([p["per_image/AR"] for p in c], [p["per_image/AP"] for p in c], "o-", ms=3, label=method)
+    ax.set_xlabel("AR (per image, Eq. 10)")
+    ax.set_ylabel("AP (per image, Eq. 9)")
+    ax.set_title("AP-AR over 1..N recommended tags")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    path = pathlib.Path(path)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_sweep(sweep: dict[str, dict[int, float]], path: str | os.PathLike, *, ylabel: str = "AF (per image)") -> pathlib.Path:
+    """Figure 2: a metric against the common-space dimension, one curve per method."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for method, pts in sweep.items():
+        dims = sorted(int(d) for d in pts)
+        ax.plot(dims, [pts[d] if d in pts else pts[str(d)] for d in dims], "o-", label=method)
+    ax.set_xlabel("common-space dimension")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    path = pathlib.Path(path)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def gallery(items: Sequence[dict[str, Any]], out_dir: str | os.PathLike, *, thumb: int = 160,
+            columns: int = 4, title: str = "Recommended tags") -> tuple[pathlib.Path, pathlib.Path]:
+    """Figure 3: an HTML page and a PNG contact sheet of images with ground-truth and recommended tags.
+
+    Each item has ``path`` (image file), ``truth`` (tags) and ``recommended`` (tags, best first);
+    recommended tags not in the ground truth are marked in red.
+
+    Returns:
+      ``(html_path, png_path)``.
+    """
+    from PIL import Image, ImageDraw, ImageOps
+
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for it in items:
+        truth = set(it["truth"])
+        rec = " ".join(
+            html.escape(t) if t in truth else f'<span style="color:red">{html.escape(t)}</span>' for t in it["recommended"]
+        )
+        rows.append(
+            f'<figure style="display:inline-block;width:{thumb + 20}px;vertical-align:top;margin:6px">'
+            f'<img src="{html.escape(pathlib.Path(it["path"]).resolve().as_uri())}" width="{thumb}">'
+            f'<figcaption><div>{html.escape(" ".join(it["truth"]))}</div><div>{rec}</div>'
+            f'<div style="color:#666">F={it.get("f", 0):.2f}</div></figcaption></figure>'
+        )
+    page = (f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title><h1>{html.escape(title)}</h1>"
+            "<p>Upper line: ground truth. Lower line: recommended (red = not in the ground truth).</p>" + "".join(rows))
+    html_path = out / "gallery.html"
+    html_path.write_text(page, encoding="utf-8")
+
+    cell_w, cell_h = thumb + 10, thumb + 44
+    n_rows = max(1, -(-len(items) // columns))
+    sheet = Image.new("RGB", (columns * cell_w, n_rows * cell_h), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, it in enumerate(items):
+        x, y = (i % columns) * cell_w + 5, (i // columns) * cell_h + 5
+        try:
+            with Image.open(it["path"]) as im:
+                sheet.paste(ImageOps.contain(im.convert("RGB"), (thumb, thumb)), (x, y))
+        except OSError:
+            draw.rectangle([x, y, x + thumb, y + thumb], outline="grey")
+            draw.text((x + 4, y + 4), "unreadable", fill="grey")
+        truth = set(it["truth"])
+        for line_y, words, colour_of in ((y + thumb + 2, it["truth"], lambda t: "black"),
+                                         (y + thumb + 18, it["recommended"], lambda t: "black" if t in truth else "red")):
+            cx = x
+            for t in words:
+                w = int(draw.textlength(t + " "))
+                if cx + w > x + cell_w - 8:
+                    draw.text((cx, line_y), "...", fill="grey")
+                    break
+                draw.text((cx, line_y), t, fill=colour_of(t))
+                cx += w
+    png_path = out / "gallery.png"
+    sheet.save(png_path)
+    return html_path, png_path

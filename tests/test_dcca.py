@@ -1,0 +1,259 @@
+"""DeepCCA: held-out gain over linear CCA, finite gradients, resume == uninterrupted, errors, save/load."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dcca_jax.base import load_model
+from dcca_jax.cca import LinearCCA
+from dcca_jax.datagen import correlated_views
+from dcca_jax.dcca import DCCATrainState, DeepCCA, NonFiniteLossError, make_optimizer, make_train_step
+from dcca_jax.towers import make_tower
+
+TINY = dict(
+    towers=dict(visual_hidden=(16,), semantic_hidden=(16,), out_dim=2, activation="tanh"),
+    batch_size=250,
+    learning_rate=2e-2,
+    epochs=15,
+    patience=0,
+    log_every=1000,
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fast_compile():
+    # Compilation dominates these tiny runs; XLA's optimisations do not pay off here.
+    old = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", old)
+
+
+@pytest.fixture(scope="module")
+def nonlinear_pair():
+    # x_s depends on the square of the latents x_v is linear in: no linear correlation to find.
+    x_v, x_s = correlated_views(1500, 6, 6, latent=2, noise=0.3, nonlinear=True, seed=0, dtype=np.float32)
+    return (x_v[:1000], x_s[:1000]), (x_v[1000:], x_s[1000:])
+
+
+@pytest.fixture(scope="module")
+def trained(nonlinear_pair, tmp_path_factory):
+    (x_v, x_s), _ = nonlinear_pair
+    workdir = tmp_path_factory.mktemp("dcca")
+    model = DeepCCA(TINY).fit(x_v, x_s, workdir=workdir)
+    return model, workdir
+
+
+def test_heldout_correlation_well_above_linear_cca(trained, nonlinear_pair):
+    model, _ = trained
+    (x_v, x_s), (t_v, t_s) = nonlinear_pair
+    lin = LinearCCA(n_components=2, ridge_v=1e-4, ridge_s=1e-4).fit(x_v, x_s)
+    lin_total = float(np.sum(lin.score(t_v, t_s)))
+    deep_total = float(np.sum(model.score(t_v, t_s)))
+    assert lin_total < 0.3  # the relation is quadratic: linear CCA finds next to nothing
+    assert deep_total > lin_total + 1.0, (deep_total, lin_total)
+    # Held-out components come from the CCA fitted on training outputs (Eq. 8), so each is at most
+    # about its training correlation.
+    assert np.all(np.asarray(model.score(t_v, t_s)) <= np.asarray(model.correlations) + 0.1)
+
+
+def test_final_cca_is_linear_cca_of_the_tower_outputs(trained, nonlinear_pair):
+    model, _ = trained
+    (x_v, x_s), _ = nonlinear_pair
+    # Oracle: numpy CCA on the towers' outputs for the training split (validation rows removed).
+    tr = np.sort(np.random.default_rng(TINY.get("seed", 0)).permutation(1000)[100:])
+    h_v, h_s = (np.asarray(h, np.float64) for h in model.tower_outputs(x_v[tr], x_s[tr]))
+
+    def inv_sqrt(c):
+        w, u = np.linalg.eigh(c)
+        return (u / np.sqrt(w)) @ u.T
+
+    hv, hs = h_v - h_v.mean(0), h_s - h_s.mean(0)
+    n = len(hv)
+    cvv = hv.T @ hv / (n - 1) + 1e-4 * np.eye(2)
+    css = hs.T @ hs / (n - 1) + 1e-4 * np.eye(2)
+    rho = np.linalg.svd(inv_sqrt(cvv) @ (hv.T @ hs / (n - 1)) @ inv_sqrt(css), compute_uv=False)
+    np.testing.assert_allclose(np.asarray(model.correlations), rho, rtol=1e-4)
+    z_v, z_s = model.transform(x_v[tr], x_s[tr])
+    np.testing.assert_allclose(np.corrcoef(np.asarray(z_v).T, np.asarray(z_s).T)[[0, 1], [2, 3]], rho, rtol=1e-3)
+
+
+def test_metrics_file_and_best_epoch(trained):
+    model, workdir = trained
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if r["kind"] == "step"]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert [r["step"] for r in steps] == list(range(1, 15 * 3 + 1))  # 900 train rows // 250 = 3 per epoch
+    assert len(epochs) == 15 and all(np.isfinite(r["val_corr"]) for r in epochs)
+    # the kept parameters are those of the epoch with the best held-out correlation
+    best = max(epochs, key=lambda r: r["val_corr"])
+    assert model.best_step == best["step"]
+    assert model.best_val_corr == pytest.approx(best["val_corr"])
+    # train objective of an epoch = mean of its steps' objectives
+    first = [r["objective"] for r in steps[:3]]
+    assert epochs[0]["train_objective"] == pytest.approx(np.mean(first), rel=1e-6)
+
+
+def test_resume_after_interrupt_equals_uninterrupted(nonlinear_pair, tmp_path):
+    (x_v, x_s), (t_v, t_s) = nonlinear_pair
+    cfg = dict(TINY, epochs=4, checkpoint_every=2, patience=2)
+    full = DeepCCA(cfg).fit(x_v, x_s, workdir=tmp_path / "full")
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_at_7(step, metrics):
+        if step == 7:  # mid-epoch 2; the last checkpoint is at step 6
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        DeepCCA(cfg).fit(x_v, x_s, workdir=tmp_path / "resumed", callback=stop_at_7)
+    seen = []
+    resumed = DeepCCA(cfg).fit(x_v, x_s, workdir=tmp_path / "resumed", callback=lambda s, m: seen.append(s))
+    assert seen[0] == 7  # it resumed after the step-6 checkpoint instead of starting over
+    for a, b in zip(jax.tree_util.tree_leaves(full.params), jax.tree_util.tree_leaves(resumed.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_array_equal(np.asarray(full.score(t_v, t_s)), np.asarray(resumed.score(t_v, t_s)))
+    strip = lambda h: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in h]  # noqa: E731
+    assert strip(full.history) == strip(resumed.history)
+
+
+def test_resume_with_a_different_config_is_refused(nonlinear_pair, tmp_path):
+    (x_v, x_s), _ = nonlinear_pair
+    DeepCCA(dict(TINY, epochs=1)).fit(x_v, x_s, workdir=tmp_path)
+    with pytest.raises(ValueError, match="different config"):
+        DeepCCA(dict(TINY, epochs=2, learning_rate=1e-3)).fit(x_v, x_s, workdir=tmp_path)
+
+
+def test_gradients_finite_with_dead_units():
+    cfg = DeepCCA.default_config()
+    cfg.update(TINY)
+    cfg.towers.activation = "relu"
+    cfg.towers.out_dim = 3
+    tower = make_tower(hidden=(8,), out_dim=3, activation="relu")
+    rng = np.random.default_rng(0)
+    x_v = rng.standard_normal((64, 5)).astype(np.float32)
+    x_s = rng.standard_normal((64, 4)).astype(np.float32)
+    p_v = tower.init(jax.random.key(0), x_v[:2])["params"]
+    p_s = tower.init(jax.random.key(1), x_s[:2])["params"]
+    # Dead ReLU units (huge negative bias), and two identical output columns per tower: repeated
+    # (zero) eigenvalues in the output covariance, where eigh-based gradients turn into NaN.
+    p_v["mlp"]["dense_0"]["bias"] = p_v["mlp"]["dense_0"]["bias"].at[:4].set(-1e3)
+    p_s["mlp"]["dense_0"]["bias"] = p_s["mlp"]["dense_0"]["bias"].at[:4].set(-1e3)
+    for p in (p_v, p_s):
+        k = p["mlp"]["output"]["kernel"]
+        p["mlp"]["output"]["kernel"] = k.at[:, 2].set(k[:, 1])
+    cfg.towers.visual_hidden = cfg.towers.semantic_hidden = (8,)
+
+    for objective in ("trace_norm", "eq6"):
+        cfg.objective = objective
+        step = make_train_step(tower, tower, cfg)
+        # (copies: the train step donates its state's buffers)
+        params = jax.tree_util.tree_map(jnp.array, {"visual": p_v, "semantic": p_s})
+        state = DCCATrainState.create(apply_fn=None, params=params,
+                                      tx=make_optimizer(cfg), batch_stats={})
+        before = jax.tree_util.tree_map(np.array, state.params)
+        state, metrics = step(state, (jnp.asarray(x_v), jnp.asarray(x_s)), jax.random.key(0))
+        assert np.isfinite(float(metrics["loss"])) and np.isfinite(float(metrics["grad_norm"])), objective
+        after = jax.tree_util.tree_map(np.asarray, state.params)
+        assert all(np.all(np.isfinite(a)) for a in jax.tree_util.tree_leaves(after))
+        # dead units get exactly zero gradient (ReLU derivative 0), and Adam moves a zero gradient by 0
+        np.testing.assert_array_equal(after["visual"]["mlp"]["dense_0"]["kernel"][:, :4],
+                                      before["visual"]["mlp"]["dense_0"]["kernel"][:, :4])
+        assert not np.array_equal(after["visual"]["mlp"]["dense_0"]["kernel"][:, 4:],
+                                  before["visual"]["mlp"]["dense_0"]["kernel"][:, 4:])
+
+
+def test_batch_smaller_than_output_dim_refused(nonlinear_pair):
+    (x_v, x_s), _ = nonlinear_pair
+    cfg = dict(TINY, batch_size=8, towers=dict(TINY["towers"], out_dim=10))
+    with pytest.raises(ValueError, match=r"batch_size=8 .* output dimension out_dim=10"):
+        DeepCCA(cfg).fit(x_v, x_s)
+
+
+def test_nonfinite_loss_raises_with_advice():
+    rng = np.random.default_rng(0)
+    # One input feature and a linear tower: the 3 outputs have a rank-1 covariance, singular
+    # without a ridge, so the whitening is NaN from the first step.
+    x_v = rng.standard_normal((200, 1)).astype(np.float32)
+    x_s = rng.standard_normal((200, 3)).astype(np.float32)
+    cfg = dict(TINY, ridge_v=0.0, ridge_s=0.0, towers=dict(visual_hidden=(), semantic_hidden=(), out_dim=3,
+                                                              activation="identity"), batch_size=100)
+    with pytest.raises(NonFiniteLossError, match=r"ridge_v/ridge_s .* learning_rate .*batch_size") as err:
+        DeepCCA(cfg).fit(x_v, x_s)
+    assert "step 1" in str(err.value)
+
+
+@pytest.mark.slow  # the L-BFGS zoom line search takes ~40 s to compile on 2 busy cores
+def test_lbfgs_full_batch(nonlinear_pair):
+    (x_v, x_s), (t_v, t_s) = nonlinear_pair
+    cfg = dict(TINY, optimizer="lbfgs", batch_size=0, epochs=6)
+    model = DeepCCA(cfg).fit(x_v, x_s)
+    objs = [r["train_objective"] for r in model.history]
+    assert objs[-1] > objs[0] + 0.3, objs  # line-searched steps increase the objective
+    assert all(b >= a - 1e-6 for a, b in zip(objs, objs[1:]))  # monotone (zoom line search)
+    with pytest.raises(ValueError, match="L-BFGS is full-batch"):
+        DeepCCA(dict(cfg, batch_size=100)).fit(x_v, x_s)
+
+
+def test_save_load_round_trip(trained, nonlinear_pair, tmp_path):
+    model, _ = trained
+    _, (t_v, t_s) = nonlinear_pair
+    model.save(tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    assert isinstance(loaded, DeepCCA)
+    a, b = model.transform(t_v, t_s), loaded.transform(t_v, t_s)
+    np.testing.assert_array_equal(np.asarray(a[0]), np.asarray(b[0]))
+    np.testing.assert_array_equal(np.asarray(a[1]), np.asarray(b[1]))
+    only_s = loaded.transform(x_s=t_s)
+    assert only_s[0] is None and np.array_equal(np.asarray(only_s[1]), np.asarray(b[1]))
+    assert loaded.history == model.history
+
+
+def test_residual_cca_towers_start_at_linear_cca(nonlinear_pair):
+    # One step with learning rate ~0: the held-out correlation equals linear CCA's (the towers are
+    # the CCA map at initialisation), an oracle independent of the deep part.
+    x_v, x_s = correlated_views(1200, 6, 6, latent=2, noise=0.5, seed=3, dtype=np.float32)
+    cfg = dict(TINY, epochs=1, learning_rate=1e-12, validation_fraction=0.0, batch_size=0,
+               towers=dict(TINY["towers"], residual_cca=True, cca_init_ridge=1e-4))
+    model = DeepCCA(cfg).fit(x_v[:1000], x_s[:1000])
+    lin = LinearCCA(n_components=2, ridge_v=1e-4, ridge_s=1e-4).fit(x_v[:1000], x_s[:1000])
+    np.testing.assert_allclose(np.asarray(model.correlations), np.asarray(lin.correlations), atol=1e-3)
+    np.testing.assert_allclose(np.abs(np.asarray(model.score(x_v[1000:], x_s[1000:]))),
+                               np.abs(np.asarray(lin.score(x_v[1000:], x_s[1000:]))), atol=2e-3)
+
+
+def test_float64_training():
+    x_v, x_s = correlated_views(400, 4, 4, latent=2, noise=0.5, seed=1)
+    cfg = dict(TINY, dtype="float64", epochs=2, batch_size=100)
+    model = DeepCCA(cfg).fit(x_v, x_s)
+    assert all(p.dtype == jnp.float64 for p in jax.tree_util.tree_leaves(model.params))
+    assert model.transform(x_v, x_s)[0].dtype == jnp.float64
+
+
+def test_bad_config_values_raise(nonlinear_pair):
+    (x_v, x_s), _ = nonlinear_pair
+    with pytest.raises(ValueError, match="objective must be one of"):
+        DeepCCA(dict(TINY, objective="cosine")).fit(x_v, x_s)
+    with pytest.raises(ValueError, match="L-BFGS needs a deterministic"):
+        DeepCCA(dict(TINY, optimizer="lbfgs", batch_size=0, towers=dict(TINY["towers"], dropout=0.2))).fit(x_v, x_s)
+
+
+def test_config_object_from_default_config_is_accepted():
+    cfg = DeepCCA.default_config()
+    cfg.objective = "sum_squares"
+    cfg.n_components = 3
+    model = DeepCCA(cfg)
+    assert model.config.objective == "sum_squares" and model.n_components == 3
+    assert model.config.towers.out_dim == 50 and model.config.k is None
+
+
+def test_fit_seconds_accumulate_over_resumes(nonlinear_pair, tmp_path):
+    (x_v, x_s), _ = nonlinear_pair
+    first = DeepCCA(dict(TINY, epochs=1)).fit(x_v, x_s, workdir=tmp_path)
+    second = DeepCCA(dict(TINY, epochs=2)).fit(x_v, x_s, workdir=tmp_path)  # resumes after epoch 1
+    assert [r["epoch"] for r in second.history] == [0, 1]
+    assert second.history[0]["elapsed_s"] == first.history[0]["elapsed_s"]  # restored from the file
+    assert second.fit_seconds >= second.history[-1]["elapsed_s"] > first.history[0]["elapsed_s"]

@@ -1,0 +1,38 @@
+"""MNIST halves loader and split (the fit itself is measured by experiments/kcca_mnist.py)."""
+import numpy as np
+import pytest
+from conftest import shared_path
+
+from dcca_jax import mnist
+
+
+@pytest.mark.slow
+def test_load_mnist_halves_splits_columns():
+    path = shared_path("data", "mnist", "mnist.npz")
+    d = mnist.load_mnist_halves(path)
+    with np.load(path) as z:
+        raw_train, raw_test = z["x_train"], z["x_test"]
+    assert d["train_v"].shape == d["train_s"].shape == (60000, 392)
+    assert d["test_v"].shape == (10000, 392) and d["train_v"].dtype == np.float32
+    for i in (0, 12345):
+        np.testing.assert_allclose(d["train_v"][i].reshape(28, 14), raw_train[i][:, :14] / 255.0, rtol=1e-6)
+        np.testing.assert_allclose(d["train_s"][i].reshape(28, 14), raw_train[i][:, 14:] / 255.0, rtol=1e-6)
+    np.testing.assert_allclose(d["test_s"][7].reshape(28, 14), raw_test[7][:, 14:] / 255.0, rtol=1e-6)
+    assert d["train_v"].max() == 1.0 and d["train_v"].min() == 0.0
+
+
+def test_missing_file_and_bad_content(tmp_path):
+    with pytest.raises(FileNotFoundError, match="MNIST not found at .*nope.npz"):
+        mnist.load_mnist_halves(tmp_path / "nope.npz")
+    np.savez(tmp_path / "bad.npz", x_train=np.zeros((3, 28, 28)))
+    with pytest.raises(ValueError, match="lacks \\['y_train', 'x_test', 'y_test'\\]"):
+        mnist.load_mnist_halves(tmp_path / "bad.npz")
+
+
+def test_validation_split():
+    fit, val = mnist.validation_split(100, 30, seed=1)
+    assert len(fit) == 70 and len(val) == 30
+    assert np.array_equal(np.sort(np.concatenate([fit, val])), np.arange(100))
+    assert np.array_equal(val, mnist.validation_split(100, 30, seed=1)[1])
+    with pytest.raises(ValueError, match="n_val=100 must be between 1 and n - 1 = 99"):
+        mnist.validation_split(100, 100)
