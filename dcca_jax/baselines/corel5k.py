@@ -29,10 +29,9 @@ from typing import Any, Callable, Iterable
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import scipy.io
 from absl import logging
 
-from dcca_jax import metrics, recommend
+from dcca_jax import datasets, metrics, recommend
 from dcca_jax.base import correlation_score_curve
 from dcca_jax.baselines import cca_knn, general_cca, jec
 
@@ -53,32 +52,18 @@ class Corel5kLabels:
 
 
 def load_corel5k_labels(root: str | os.PathLike) -> Corel5kLabels:
-    """Read the list files, the ``annot1`` / ``annot2`` matrices and the vocabulary from a Corel5k folder.
+    """The standard split's ids, label matrices and words, read by :func:`dcca_jax.datasets.load_corel5k`.
 
     Args:
       root: folder with ``corel5k_{train,test}_list.txt``, ``corel5k_{train,test}_annot.mat``,
-        ``corel5k_words.txt`` and the ``<folder>/<id>.jpeg`` images.
+        ``corel5k_words.txt`` (images are not checked here; JEC reads them).
 
     Returns:
-      :class:`Corel5kLabels`.
+      :class:`Corel5kLabels` with float32 label matrices.
     """
-    root = pathlib.Path(root)
-
-    def lines(name):
-        p = root / name
-        if not p.exists():
-            raise ValueError(f"Corel5k file {p} is missing; point data_dir at the Corel5k folder")
-        return [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
-
-    words = lines("corel5k_words.txt")
-    train_ids, test_ids = lines("corel5k_train_list.txt"), lines("corel5k_test_list.txt")
-    y_tr = np.asarray(scipy.io.loadmat(root / "corel5k_train_annot.mat")["annot1"], np.float32)
-    y_te = np.asarray(scipy.io.loadmat(root / "corel5k_test_annot.mat")["annot2"], np.float32)
-    for ids, y, name in ((train_ids, y_tr, "train"), (test_ids, y_te, "test")):
-        if y.shape != (len(ids), len(words)):
-            raise ValueError(f"corel5k_{name}_annot.mat is {y.shape} but the list has {len(ids)} images and the "
-                             f"vocabulary {len(words)} words")
-    return Corel5kLabels(words, train_ids, test_ids, y_tr, y_te)
+    d = datasets.load_corel5k(root, check_images=False)
+    return Corel5kLabels(list(d.vocabulary), list(d.train.ids), list(d.test.ids),
+                         np.asarray(d.train.labels, np.float32), np.asarray(d.test.labels, np.float32))
 
 
 def wait_for_file(path: str | os.PathLike, *, timeout_s: float, poll_s: float = 10.0) -> pathlib.Path:
