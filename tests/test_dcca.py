@@ -186,7 +186,6 @@ def test_nonfinite_loss_raises_with_advice():
     assert "step 1" in str(err.value)
 
 
-@pytest.mark.slow  # the L-BFGS zoom line search takes ~40 s to compile on 2 busy cores
 def test_lbfgs_full_batch(nonlinear_pair):
     (x_v, x_s), (t_v, t_s) = nonlinear_pair
     cfg = dict(TINY, optimizer="lbfgs", batch_size=0, epochs=6)
