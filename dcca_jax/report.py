@@ -34,6 +34,16 @@ def _plt():
     return plt
 
 
+def _finish(plt, fig, ax, path, *, legend_size: int) -> pathlib.Path:
+    ax.legend(fontsize=legend_size)
+    ax.grid(alpha=0.3)
+    path = pathlib.Path(path)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def table1_markdown(table1: dict[str, Any], *, tops: Sequence[int] = _TOPS) -> str:
     """Table 1: CCS (running sum of per-component correlations) at top-k, fit / val / test per model."""
     lines = ["| model | split | " + " | ".join(f"top-{k}" for k in tops) + " | fit time (s) |",
@@ -98,13 +108,7 @@ def plot_correlation(results: dict[str, Any], path: str | os.PathLike) -> pathli
     ax.set_xlabel("k (top-k canonical components)")
     ax.set_ylabel("cross-modal correlation score")
     ax.set_title("Table 1: training (solid) vs held-out (dashed)")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    path = pathlib.Path(path)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, ax, path, legend_size=7)
 
 
 def plot_ap_ar(results: dict[str, Any], path: str | os.PathLike) -> pathlib.Path:
@@ -117,13 +121,7 @@ def plot_ap_ar(results: dict[str, Any], path: str | os.PathLike) -> pathlib.Path
     ax.set_xlabel("AR (per image, Eq. 10)")
     ax.set_ylabel("AP (per image, Eq. 9)")
     ax.set_title("AP-AR over 1..N recommended tags")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    path = pathlib.Path(path)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, ax, path, legend_size=7)
 
 
 def plot_sweep(sweep: dict[str, dict[int, float]], path: str | os.PathLike, *, ylabel: str = "AF (per image)") -> pathlib.Path:
@@ -135,13 +133,7 @@ def plot_sweep(sweep: dict[str, dict[int, float]], path: str | os.PathLike, *, y
         ax.plot(dims, [pts[d] if d in pts else pts[str(d)] for d in dims], "o-", label=method)
     ax.set_xlabel("common-space dimension")
     ax.set_ylabel(ylabel)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    path = pathlib.Path(path)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, ax, path, legend_size=8)
 
 
 def gallery(items: Sequence[dict[str, Any]], out_dir: str | os.PathLike, *, thumb: int = 160,

@@ -31,13 +31,18 @@ def get_config():
 
     c.kcca.n_components = 20
 
+    # Residual towers that start at the linear CCA map (FINDINGS.md), minibatches, dropout and early
+    # stopping: the plain full-batch DCCA of the paper lost held-out correlation to linear CCA here.
     c.dcca.towers.visual_hidden = (256, 256)
     c.dcca.towers.semantic_hidden = (256, 256)
     c.dcca.towers.out_dim = 20
-    c.dcca.towers.activation = "tanh"
-    c.dcca.batch_size = 0  # full batch: ~850 fit pairs
-    c.dcca.epochs = 300
-    c.dcca.patience = 30
+    c.dcca.towers.activation = "relu"
+    c.dcca.towers.residual_cca = True
+    c.dcca.towers.cca_init_ridge = 0.01
+    c.dcca.towers.dropout = 0.1
+    c.dcca.batch_size = 200
+    c.dcca.epochs = 100
+    c.dcca.patience = 15
     c.dcca.learning_rate = 1e-3
     c.dcca.weight_decay = 1e-4
     c.dcca.ridge_v = 1e-3
