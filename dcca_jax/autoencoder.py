@@ -17,6 +17,7 @@ retained ``1 - SSE / SST`` on held-out rows, ``SST`` measured about the training
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import json
@@ -441,7 +442,9 @@ def fit_autoencoder(x_train, *, config: ml_collections.ConfigDict | None = None,
 
             pytree = {"params": state.params, "opt_state": state.opt_state, "step": state.step,
                       "best_params": best_params}
-            meta = {"best_val": best_val, "best_epoch": best_epoch, "bad_epochs": bad_epochs, "history": history}
+            # Copied: the save is asynchronous and `history` keeps growing while it runs.
+            meta = copy.deepcopy({"best_val": best_val, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
+                                  "history": history})
             mngr.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(pytree), meta=ocp.args.JsonSave(meta)))
     if mngr is not None:
         mngr.wait_until_finished()

@@ -19,6 +19,7 @@ References:
 from __future__ import annotations
 
 import functools
+import copy
 import json
 import math
 import os
@@ -631,7 +632,9 @@ class DeepCCA(CorrelationModel):
         }
         # Host copies: the train step donates its input buffers, an async save must not read them.
         tree = jax.device_get(tree)
-        info = {**meta, "fingerprint": self._fingerprint(n, val)}
+        # A deep copy: the save is asynchronous, and training keeps appending to meta["epoch_losses"]; a
+        # shared list could be serialised with later steps' losses in it (seen as a flaky resume test).
+        info = copy.deepcopy({**meta, "fingerprint": self._fingerprint(n, val)})
         manager.save(step, args=ocp.args.Composite(tree=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(info)))
 
     def _restore(self, manager, step, state, n, val):
