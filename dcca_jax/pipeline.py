@@ -509,8 +509,7 @@ class Pipeline:
     def recommend_with_model(self, name: str) -> dict:
         """DMFR&<model>: kNN label transfer in the model's common space; metrics on the test split."""
         model, _ = self.stage_model(name)
-        views, sem, rows = self.views(), self.stage_semantic(), self._rows()
-        del rows
+        views, sem = self.views(), self.stage_semantic()
         c = self.config.recommend
         _, scores = rec_lib.recommend_from_model(
             model, views.v["test"], train_v=views.v["train"], train_s=views.s["train"],
@@ -561,23 +560,19 @@ class Pipeline:
         data = self.stage_data()
         keys = {m: self._run_key_of(f"model_{m}") for m in self.config.models}
         payload = {"models": keys, "recommend": self.config.recommend, "cnn": self.stage_cnn()["key"],
-                   "baselines": {b: self.config[b] if b != "jec" else self.config.jec for b in self.config.baselines},
+                   "baselines": {b: self.config[b] for b in self.config.baselines},
                    "rows": _key(self._rows()), "data": data["fingerprint"]}
 
         def compute(d):
             results = {}
-            for b in self.config.baselines:
+            methods = [(b, BASELINE_TITLES[b], self.recommend_baseline) for b in self.config.baselines]
+            methods += [(m, MODEL_TITLES[m], self.recommend_with_model) for m in self.config.models]
+            for name, title, recommend in methods:
                 t0 = time.perf_counter()
-                r = self.recommend_baseline(b)
+                r = recommend(name)
                 r["seconds"] = time.perf_counter() - t0
-                _save_npy(d / f"scores_{b}.npy", r.pop("scores"))
-                results[BASELINE_TITLES[b]] = r
-            for m in self.config.models:
-                t0 = time.perf_counter()
-                r = self.recommend_with_model(m)
-                r["seconds"] = time.perf_counter() - t0
-                _save_npy(d / f"scores_{m}.npy", r.pop("scores"))
-                results[MODEL_TITLES[m]] = r
+                _save_npy(d / f"scores_{name}.npy", r.pop("scores"))
+                results[title] = r
             _atomic_write_text(d / "results.json", json.dumps(_jsonable(results), indent=2))
 
         d, _ = self._run_stage("recommend", payload, compute)
