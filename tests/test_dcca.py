@@ -9,7 +9,8 @@ import pytest
 from dcca_jax.base import load_model
 from dcca_jax.cca import LinearCCA
 from dcca_jax.datagen import correlated_views
-from dcca_jax.dcca import DCCATrainState, DeepCCA, NonFiniteLossError, make_optimizer, make_train_step
+from dcca_jax.dcca import (DCCATrainState, DeepCCA, NonFiniteLossError, make_optimizer, make_train_chunk,
+                           make_train_step)
 from dcca_jax.towers import make_tower
 
 TINY = dict(
@@ -164,6 +165,38 @@ def test_gradients_finite_with_dead_units():
                                       before["visual"]["mlp"]["dense_0"]["kernel"][:, :4])
         assert not np.array_equal(after["visual"]["mlp"]["dense_0"]["kernel"][:, 4:],
                                   before["visual"]["mlp"]["dense_0"]["kernel"][:, 4:])
+
+
+def test_scanned_chunk_equals_step_by_step(nonlinear_pair):
+    # The training loop runs steps in a jitted lax.scan; the oracle is the per-step train_step on the
+    # same batches (rows order[i*b:(i+1)*b]).
+    (x_v, x_s), _ = nonlinear_pair
+    cfg = DeepCCA.default_config()
+    cfg.update(TINY)
+    tower = make_tower(hidden=(16,), out_dim=2, activation="tanh")
+    params = {"visual": tower.init(jax.random.key(0), x_v[:2])["params"],
+              "semantic": tower.init(jax.random.key(1), x_s[:2])["params"]}
+
+    def fresh():
+        p = jax.tree_util.tree_map(jnp.array, params)
+        return DCCATrainState.create(apply_fn=None, params=p, tx=make_optimizer(cfg), batch_stats={}).replace(
+            step=jnp.zeros((), jnp.int32))
+
+    order = jnp.asarray(np.random.default_rng(0).permutation(x_v.shape[0]))
+    rng, bs = jax.random.key(3), 250
+    step = make_train_step(tower, tower, cfg)
+    state, losses = fresh(), []
+    for i in range(1, 4):  # steps 1..3 of the epoch
+        idx = order[i * bs:(i + 1) * bs]
+        state, m = step(state, (jnp.asarray(x_v)[idx], jnp.asarray(x_s)[idx]), rng)
+        losses.append(float(m["loss"]))
+    chunk = make_train_chunk(tower, tower, cfg)
+    scanned, metrics = chunk(fresh(), jnp.asarray(x_v), jnp.asarray(x_s), order, jnp.int32(1), rng,
+                             length=3, batch_size=bs)
+    np.testing.assert_allclose(np.asarray(metrics["loss"]), losses, rtol=1e-5)
+    assert metrics["grad_norm"].shape == (3,)
+    for a, b in zip(jax.tree_util.tree_leaves(state.params), jax.tree_util.tree_leaves(scanned.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 
 
 def test_batch_smaller_than_output_dim_refused(nonlinear_pair):
