@@ -39,9 +39,10 @@ Training is restartable: the epoch's order comes from ``default_rng([seed, epoch
 augmentation from ``(seed, epoch, index)`` (:mod:`dcca_jax.augment`); orbax checkpoints (every
 ``checkpoint_every`` steps and at each epoch end) hold the train state, the best parameters and the
 early-stopping counters, so a rerun in the same workdir ends with the parameters of an uninterrupted run.
-Early stopping: after each epoch the validation images are mapped to the common space (Eq. 8 CCA fitted on the
+Early stopping: before training and after each epoch the validation images are mapped to the common space (Eq. 8 CCA fitted on the
 training images' outputs) and tagged by the transfer method ``config.transfer``
-(:func:`dcca_jax.recommend.transfer_scores`); the parameters with the best validation per-word F1 are kept.
+(:func:`dcca_jax.recommend.transfer_scores`); the parameters with the best validation per-word F1 are kept
+(``best_epoch=-1``: the starting point, i.e. training did not improve on linear CCA).
 
 References:
   G. Andrew et al. Deep Canonical Correlation Analysis. ICML 2013.
@@ -794,7 +795,24 @@ def _fit(c, backbone_params, images, labels, fit_idx, val_idx, features, workdir
     def model_of(p, s):
         return FinetunedDCCA(c, fns, frozen, p, s, init)
 
+    def evaluate(params_, stats_):
+        model = model_of(params_, stats_)
+        model.refit_cca(fit_b, tags[fit_idx])
+        val_m, _ = validation_f1(c, model, fit_b, tags[fit_idx], labels[fit_idx], val_b, labels[val_idx])
+        if not math.isfinite(val_m["per_word/F1"]) or not bool(jnp.all(jnp.isfinite(model.cca.proj_v))):
+            raise NonFiniteLossError(_nonfinite_message(c, val_m["per_word/F1"], step, epoch, workdir, held_out=True))
+        return val_m
+
     step = int(state.step)
+    epoch = -1
+    if meta["best_f1"] is None:
+        # The starting point (linear CCA of the pretrained features) is a candidate too: training is kept only
+        # where it improves validation F1.
+        val_m = evaluate(state.params, state.batch_stats)
+        meta.update(best_f1=val_m["per_word/F1"], best_epoch=-1, best_step=0, best_val=val_m)
+        writer.write({"kind": "epoch", "step": 0, "epoch": -1, "val_f1": val_m["per_word/F1"],
+                      "val_n_plus": val_m["per_word/N+"], "val_af": val_m["per_image/AF"],
+                      "best_f1": meta["best_f1"], "epoch_s": 0.0, "elapsed_s": 0.0})
     try:
         while step < total_steps and not meta["stopped"]:
             epoch = step // steps_per_epoch
@@ -821,13 +839,9 @@ def _fit(c, backbone_params, images, labels, fit_idx, val_idx, features, workdir
                 if c.checkpoint_every and step % int(c.checkpoint_every) == 0 and i + 1 < steps_per_epoch:
                     save(step)
             # ---- end of epoch: validation F1 of tag transfer in the common space, early stopping
-            model = model_of(state.params, state.batch_stats)
-            model.refit_cca(fit_b, tags[fit_idx])
-            val_m, _ = validation_f1(c, model, fit_b, tags[fit_idx], labels[fit_idx], val_b, labels[val_idx])
+            val_m = evaluate(state.params, state.batch_stats)
             f1 = val_m["per_word/F1"]
-            if not math.isfinite(f1) or not bool(jnp.all(jnp.isfinite(model.cca.proj_v))):
-                raise NonFiniteLossError(_nonfinite_message(c, f1, step, epoch, workdir, held_out=True))
-            if meta["best_f1"] is None or f1 > meta["best_f1"]:
+            if f1 > meta["best_f1"]:
                 meta.update(best_f1=f1, best_epoch=epoch, best_step=step, bad_epochs=0, best_val=val_m)
                 best = jax.device_get((state.params, state.batch_stats))
             else:

@@ -15,8 +15,8 @@ def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.data_dir = "../shared/data/corel5k"
     c.weights = "../shared/models/mobilenet_v2_1.0_224_quant/mobilenet_v2_1.0_224_quant.tflite"
-    c.methods = ["linear_cca", "frozen_dcca", "finetune"]
-    c.seeds = [0, 1, 2]
+    c.methods = ("linear_cca", "frozen_dcca", "finetune")
+    c.seeds = (0, 1, 2)
     c.split_seed = 0  # the baselines' 4000/500 split
     c.val_size = 500
     c.max_train = 0  # 0: all (tests use fewer)
