@@ -30,18 +30,18 @@ def get_config() -> ml_collections.ConfigDict:
          "against": ["visual", "semantic"]},
     ]
     f = finetune_config()
-    f.augment.size = 224
+    f.augment.size = 160
     f.trainable_from = "expanded_conv_13"
     f.batch_norm = "folded"
     f.out_dim = 100
     f.visual_hidden = (1024,)
     f.semantic_hidden = (1024,)
-    f.cnn_lr = 1e-5
+    f.cnn_lr = 1e-4
     f.head_lr = 1e-4
     f.semantic_lr = 1e-4
     f.micro_batch = 50
     f.accumulate = 10
-    f.epochs = 6
-    f.patience = 2
+    f.epochs = 8
+    f.patience = 3
     c.finetune = f
     return c
