@@ -62,6 +62,7 @@ def augment_config() -> ml_collections.ConfigDict:
     c.contrast = 0.2
     c.saturation = 0.2
     c.normalisation = "mobilenet_v2"
+    c.random = True  # False: training batches get the evaluation view (no augmentation; an ablation)
     return c
 
 
@@ -243,7 +244,7 @@ class BatchLoader:
     ``indices`` of length ``batch_size`` (the last one may be shorter), in order.  At most ``prefetch`` batches
     are being prepared or waiting at any time, so memory stays bounded while the accelerator (or the XLA CPU
     threads) works on the current one.  ``train=True`` augments with the streams ``image_rng(seed, e, i)``;
-    ``train=False`` gives the evaluation view.  An exception in a worker (e.g. :class:`ImageLoadError` for a
+    ``train=False`` (or ``config.random=False``) gives the evaluation view.  An exception in a worker (e.g. :class:`ImageLoadError` for a
     skipped image) is raised by the iterator.
 
     Args:
@@ -267,7 +268,7 @@ class BatchLoader:
 
     def make_batch(self, indices: Sequence[int], *, epoch: int) -> np.ndarray:
         """The normalised batch of ``indices`` (synchronously)."""
-        if self.train:
+        if self.train and self.config.get("random", True):
             views = [augment_image(self.images[i], image_rng(self.seed, epoch, i), self.config) for i in indices]
         else:
             views = [eval_image(self.images[i], self.config) for i in indices]

@@ -300,3 +300,52 @@ def results_markdown(results: dict[str, Any]) -> str:
             ci = lambda k: f"{b[k]['diff']:+.3f} [{b[k]['low']:+.3f}, {b[k]['high']:+.3f}]"
             lines.append(f"| {name} | {ci('per_word/F1')} | {ci('per_word/N+')} | {ci('per_image/AF')} |")
     return "\n".join(lines) + "\n"
+
+
+def compare_runs(runs: dict[str, tuple[str, str]], *, reference: str, data_dir: str, n_resamples: int = 1000,
+                 seed: int = 0) -> dict[str, Any]:
+    """Compare finished runs of several study workdirs (e.g. one lever each) with a paired bootstrap.
+
+    Args:
+      runs: ``{label: (workdir, run name)}``, e.g. ``{"BN update": ("runs/bn", "finetune_seed0")}``; the run's
+        test predictions are read from ``workdir/test_preds.npz`` and its record from ``workdir/runs.json``.
+      reference: the label every other run is compared with (difference = run - reference).
+      data_dir: Corel5k folder (the test labels).
+
+    Returns:
+      ``{label: {"test": metrics, "record": ..., "bootstrap": {...} (absent for the reference)}}``.
+    """
+    data = datasets.load_corel5k(data_dir, check_images=False)
+    y_te = np.asarray(data.test.labels, np.float32)
+    out, preds = {}, {}
+    for label, (wd, name) in runs.items():
+        wd = pathlib.Path(wd)
+        rec = json.loads((wd / "runs.json").read_text())[name]
+        with np.load(wd / "test_preds.npz") as z:
+            preds[label] = z[name]
+        out[label] = {"workdir": str(wd), "run": name, "test": rec["test"], "train_seconds": rec["train_seconds"],
+                      "epoch_seconds": rec.get("epoch_seconds"), "best_epoch": rec.get("best_epoch"),
+                      "validation_f1": rec["validation"]["per_word/F1"]}
+    if reference not in preds:
+        raise ValueError(f"reference {reference!r} is not one of the runs {list(runs)}")
+    for label in runs:
+        if label != reference:
+            out[label]["bootstrap"] = metrics.paired_bootstrap(
+                preds[label], preds[reference], y_te[:len(preds[label])], n_resamples=n_resamples, seed=seed,
+                keys=("per_word/F1", "per_word/N+", "per_image/AF"))
+    return out
+
+
+def comparison_markdown(comparison: dict[str, Any], *, reference: str) -> str:
+    """Markdown table of :func:`compare_runs`."""
+    lines = [f"| run | val F1 | per-word P | R | F1 | N+ | per-image AF | F1 - {reference} [95% CI] | "
+             f"AF - {reference} [95% CI] | best epoch | epoch s | train s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for label, r in comparison.items():
+        t, b = r["test"], r.get("bootstrap")
+        ci = lambda k: f"{b[k]['diff']:+.3f} [{b[k]['low']:+.3f}, {b[k]['high']:+.3f}]" if b else "(reference)"
+        ep = r["epoch_seconds"] or []
+        lines.append(f"| {label} | {r['validation_f1']:.3f} | {t['per_word/P']:.3f} | {t['per_word/R']:.3f} | "
+                     f"{t['per_word/F1']:.3f} | {t['per_word/N+']} | {t['per_image/AF']:.3f} | {ci('per_word/F1')} | "
+                     f"{ci('per_image/AF')} | {r['best_epoch'] if r['best_epoch'] is not None else ''} | "
+                     f"{np.mean(ep) if ep else float('nan'):.0f} | {r['train_seconds']:.0f} |")
+    return "\n".join(lines) + "\n"

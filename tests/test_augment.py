@@ -148,3 +148,11 @@ def test_bad_config_raises():
         augment.BatchLoader(None, _config(scale=(0.5, 1.5)), batch_size=2, train=True)
     with pytest.raises(ValueError, match="brightness"):
         augment.BatchLoader(None, _config(brightness=1.5), batch_size=2, train=True)
+
+
+def test_random_false_gives_the_evaluation_view(tmp_path):
+    d = augment.DecodedImages(_write_images(tmp_path, n=3))
+    c = _config(random=False)
+    got = np.concatenate(list(augment.BatchLoader(d, c, batch_size=2, train=True, seed=1).batches([2, 0, 1], epoch=3)))
+    want = np.stack([(augment.eval_image(d[i], c) - 128.0) / 128.0 for i in (2, 0, 1)])
+    np.testing.assert_allclose(got, want, atol=1e-6)
