@@ -338,7 +338,7 @@ def compare_runs(runs: dict[str, tuple[str, str]], *, reference: str, data_dir: 
 
 def comparison_markdown(comparison: dict[str, Any], *, reference: str) -> str:
     """Markdown table of :func:`compare_runs`."""
-    lines = [f"| run | val F1 | per-word P | R | F1 | N+ | per-image AF | F1 - {reference} [95% CI] | "
+    lines = [f"| run | val F1 (chosen transfer) | per-word P | R | F1 | N+ | per-image AF | F1 - {reference} [95% CI] | "
              f"AF - {reference} [95% CI] | best epoch | epoch s | train s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for label, r in comparison.items():
         t, b = r["test"], r.get("bootstrap")
