@@ -43,7 +43,7 @@ BENCH_PY := PYTHONPATH=$(CURDIR) $(BENCH_VENV)/bin/python
 bench: $(BENCH_STAMP)
 	mkdir -p results/bench
 	$(BENCH_PY) experiments/bench_cca.py --out=results/bench/cca.json
-	$(BENCH_PY) experiments/bench_kcca.py --n=2000 --out=results/bench/kcca.json
+	$(BENCH_PY) experiments/bench_kcca.py --n=5000 --out=results/bench/kcca_n5000.json
 	$(BENCH_PY) experiments/bench_dcca.py --out=results/bench/dcca.json
 	$(BENCH_PY) experiments/bench_extract.py --out=results/bench/extract.json
 	$(BENCH_PY) experiments/bench_topk.py --out=results/bench/topk.json
