@@ -89,6 +89,11 @@ __all__ = [
     "FinetuneTrainState",
     "FinetuneFunctions",
     "make_functions",
+    "functions_for",
+    "slice_layers",
+    "eval_boundary",
+    "validation_f1",
+    "FinetuneResult",
     "make_optimizer",
     "accumulated_gradients",
     "calibrate_batch_norm",
@@ -299,7 +304,8 @@ class VisualTower(nn.Module):
         return self.backbone(x, train=train) if self.start < len(LAYERS) else x
 
 
-def _slice_layers(params: dict, start: int, stop: int) -> dict:
+def slice_layers(params: dict, start: int, stop: int) -> dict:
+    """The layers ``LAYERS[start:stop]`` of a MobileNetV2 params tree (ValueError naming missing layers)."""
     missing = [n for n in LAYERS[start:stop] if n not in params]
     if missing:
         raise ValueError(f"backbone params lack layers {missing[:3]}; pass the 'params' of "
@@ -440,6 +446,11 @@ def _cached_functions(config_json: str) -> FinetuneFunctions:
 @functools.lru_cache(maxsize=8)
 def _cached_optimizer(config_json: str) -> optax.GradientTransformation:
     return make_optimizer(ml_collections.ConfigDict(json.loads(config_json)))
+
+
+def functions_for(config: ml_collections.ConfigDict) -> FinetuneFunctions:
+    """:func:`make_functions`, cached by the fields that define them (refits and seeds reuse the compilations)."""
+    return _cached_functions(_fn_key(config))
 
 
 _FN_FIELDS = ("trainable_from", "batch_norm", "bn_momentum", "bn_epsilon", "out_dim", "visual_hidden",
@@ -708,8 +719,8 @@ def _fit(c, backbone_params, images, labels, fit_idx, val_idx, features, workdir
     fns = _cached_functions(_fn_key(c))
     cast = lambda t: jax.tree_util.tree_map(lambda x: jnp.asarray(x, dt), t)
     backbone_params = cast(backbone_params)
-    frozen = _slice_layers(backbone_params, 0, start)
-    trainable_cnn = _slice_layers(backbone_params, start, len(LAYERS))
+    frozen = slice_layers(backbone_params, 0, start)
+    trainable_cnn = slice_layers(backbone_params, start, len(LAYERS))
     labels = np.asarray(labels)
     tags = jnp.asarray(labels, dt)
     frozen_cnn = start == len(LAYERS)

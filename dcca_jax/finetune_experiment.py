@@ -31,7 +31,6 @@ import pathlib
 import time
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -167,7 +166,7 @@ def _run(config, workdir: pathlib.Path) -> dict[str, Any]:
 
     # ---- frozen pooled features of every image (evaluation view), shared by linear CCA and frozen DCCA
     feat_path = workdir / "frozen_features.npz"
-    fns_frozen = finetune._cached_functions(finetune._fn_key(fz))
+    fns_frozen = finetune.functions_for(fz)
     if feat_path.exists():
         with np.load(feat_path) as z:
             feats = z["features"]
@@ -207,8 +206,8 @@ def _run(config, workdir: pathlib.Path) -> dict[str, Any]:
                 b_train, b_test = jnp.asarray(feats[:n_tr]), jnp.asarray(feats[n_tr:])
                 prep = 0.0
             else:
-                fns = finetune._cached_functions(finetune._fn_key(c))
-                frozen = finetune._slice_layers(backbone, 0, finetune.layer_index(c.trainable_from))
+                fns = finetune.functions_for(c)
+                frozen = finetune.slice_layers(backbone, 0, finetune.layer_index(c.trainable_from))
                 tp = time.time()
                 if train_b is None:
                     train_b = finetune.eval_boundary(fns, frozen, images, np.arange(n_tr), c,

@@ -42,7 +42,7 @@ def _time_setting(size, trainable_from, bn, images, labels, backbone):
     c.micro_batch, c.accumulate = _MICRO.value, _ACC.value
     fns = finetune.make_functions(c)
     start = finetune.layer_index(trainable_from)
-    frozen = finetune._slice_layers(backbone, 0, start)
+    frozen = finetune.slice_layers(backbone, 0, start)
     eff = c.micro_batch * c.accumulate
     n = (_STEPS.value + 1) * eff
     # evaluation view: frozen prefix then the trained layers (both timed after a warm-up batch)
@@ -50,7 +50,7 @@ def _time_setting(size, trainable_from, bn, images, labels, backbone):
     x = jnp.asarray(ev.make_batch(range(c.micro_batch), epoch=0))
     a = fns.prefix(frozen, x).block_until_ready()
     head = fns.visual.head_module().init(jax.random.key(0), jnp.zeros((1, 1280)))["params"]
-    visual = {"head": head, "backbone": finetune._slice_layers(backbone, start, len(finetune.LAYERS))}
+    visual = {"head": head, "backbone": finetune.slice_layers(backbone, start, len(finetune.LAYERS))}
     stats = {}
     if bn == "update":
         bn_p, bn_s = finetune.calibrate_batch_norm(c, visual["backbone"], [a])

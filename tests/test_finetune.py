@@ -85,9 +85,9 @@ def test_segments_compose_to_mobilenet_features():
     x, _ = _data(n=2)
     full = mobilenet.MobileNetV2().apply({"params": {**_backbone(), "Logits": {
         "kernel": jnp.zeros((1280, 1001)), "bias": jnp.zeros(1001)}}}, x)["features"]
-    a = finetune.BackboneSegment(0, 14).apply({"params": finetune._slice_layers(_backbone(), 0, 14)}, x)
+    a = finetune.BackboneSegment(0, 14).apply({"params": finetune.slice_layers(_backbone(), 0, 14)}, x)
     feats = finetune.BackboneSegment(14, 19, pool=True).apply(
-        {"params": finetune._slice_layers(_backbone(), 14, 19)}, a)
+        {"params": finetune.slice_layers(_backbone(), 14, 19)}, a)
     np.testing.assert_allclose(feats, full, rtol=1e-10, atol=1e-12)
 
 
