@@ -8,7 +8,7 @@ BENCH_STAMP := $(BENCH_VENV)/.installed
 WORKDIR ?= runs/default
 PYTEST_FLAGS ?=
 
-.PHONY: install run test test-slow test-all bench bench-scale bench-semantic clean
+.PHONY: install run test test-slow test-all bench bench-scale bench-semantic bench-finetune corel5k-finetune clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -60,6 +60,16 @@ bench-semantic: $(BENCH_STAMP)
 	mkdir -p results/bench
 	$(BENCH_PY) experiments/bench_semantic_view.py --shared=../shared --cache=runs/cache --out=results/bench/semantic_view.json
 	$(BENCH_PY) experiments/bench_synthetic.py --shared=../shared --data=runs/synthetic --cache=runs/cache --out=results/bench/synthetic.json
+
+# DCCA from pixels (MobileNetV2 fine-tuned in the visual tower): epoch timing, and the 3-seed Corel5k study
+# (about 22 minutes on 2 cores). Both need ../shared (Corel5k and the MobileNetV2 TFLite file).
+bench-finetune: install
+	mkdir -p results/corel5k_finetune
+	PYTHONPATH=$(CURDIR) $(BIN)/python experiments/bench_finetune.py --out=results/corel5k_finetune/bench.json
+
+corel5k-finetune: install
+	PYTHONPATH=$(CURDIR) $(BIN)/python experiments/finetune_corel5k.py --config=experiments/configs/finetune_corel5k.py \
+	  --workdir=runs/corel5k_finetune
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) runs

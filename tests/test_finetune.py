@@ -218,3 +218,15 @@ def test_effective_batch_must_exceed_out_dim():
         finetune._validate(_config(micro_batch=1, accumulate=2))
     with pytest.raises(ValueError, match="batch_norm"):
         finetune._validate(_config(batch_norm="frozen"))
+
+
+@pytest.mark.slow
+def test_non_finite_features_are_refused_naming_the_row():
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((60, 1280))
+    feats[5, 0] = np.inf
+    labels = (rng.random((60, 5)) < 0.4).astype(np.float64)
+    c = _config(trainable_from="none", epochs=1, patience=0, micro_batch=8, accumulate=2)
+    with pytest.raises(ValueError, match="row 5"):
+        finetune.fit_finetune(c, backbone_params=_backbone(), images=None, labels=labels, fit_idx=np.arange(48),
+                              val_idx=np.arange(48, 60), features=feats)
