@@ -75,7 +75,7 @@ from dcca_jax.augment import BatchLoader, DecodedImages, augment_config
 from dcca_jax.blas import limit_blas_threads
 from dcca_jax.cca import CCAParams, fit_linear_cca, project
 from dcca_jax.dcca import NonFiniteLossError, _MetricsWriter
-from dcca_jax.mobilenet import BLOCKS, NUM_FEATURES, _DepthwiseConv, _PointwiseConv
+from dcca_jax.mobilenet import BLOCKS, NUM_FEATURES, InvertedResidual, _QConv
 from dcca_jax.objectives import OBJECTIVES, cca_loss
 from dcca_jax.towers import ResidualCCATower, init_from_cca
 
@@ -177,60 +177,6 @@ def layer_index(trainable_from: str | int) -> int:
 # Backbone segments
 # ----------------------------------------------------------------------------------------------------------
 
-class _ConvBN(nn.Module):
-    """Convolution + bias [+ BatchNorm] [+ ReLU6]; parameter names match :class:`dcca_jax.mobilenet._QConv`."""
-
-    features: int
-    kernel: int
-    stride: int = 1
-    depthwise: bool = False
-    relu6: bool = True
-    batch_norm: bool = False
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-3
-
-    @nn.compact
-    def __call__(self, x, *, train: bool = False):
-        if self.depthwise:
-            x = _DepthwiseConv(self.features, self.kernel, self.stride, name="conv")(x)
-        elif self.kernel == 1 and self.stride == 1:
-            x = _PointwiseConv(self.features, name="conv")(x)
-        else:
-            x = nn.Conv(self.features, (self.kernel, self.kernel), strides=self.stride, padding="SAME",
-                        dtype=x.dtype, param_dtype=x.dtype, name="conv")(x)
-        if self.batch_norm:
-            x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                             dtype=x.dtype, param_dtype=x.dtype, name="bn")(x)
-        if self.relu6:
-            x = jnp.clip(x, 0.0, 6.0)
-        return x
-
-
-class _Block(nn.Module):
-    """One inverted-residual block (expand 1x1 -> depthwise 3x3 -> linear project 1x1 [+ residual])."""
-
-    expansion: int
-    in_channels: int
-    out_channels: int
-    stride: int
-    batch_norm: bool = False
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-3
-
-    @nn.compact
-    def __call__(self, x, *, train: bool = False):
-        kw = dict(batch_norm=self.batch_norm, bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon)
-        hidden = self.in_channels * self.expansion
-        y = x
-        if self.expansion != 1:
-            y = _ConvBN(hidden, 1, name="expand", **kw)(y, train=train)
-        y = _ConvBN(hidden, 3, stride=self.stride, depthwise=True, name="depthwise", **kw)(y, train=train)
-        y = _ConvBN(self.out_channels, 1, relu6=False, name="project", **kw)(y, train=train)
-        if self.stride == 1 and self.in_channels == self.out_channels:
-            y = y + x
-        return y
-
-
 class BackboneSegment(nn.Module):
     """Layers ``LAYERS[start:stop]`` of MobileNetV2 (float, folded BN unless ``batch_norm``), optionally pooled.
 
@@ -257,12 +203,12 @@ class BackboneSegment(nn.Module):
         kw = dict(batch_norm=self.batch_norm, bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon)
         for name in LAYERS[self.start:self.stop]:
             if name == "Conv":
-                x = _ConvBN(32, 3, stride=2, name="Conv", **kw)(x, train=train)
+                x = _QConv(32, 3, stride=2, name="Conv", **kw)(x, train=train)
             elif name == "Conv_1":
-                x = _ConvBN(NUM_FEATURES, 1, name="Conv_1", **kw)(x, train=train)
+                x = _QConv(NUM_FEATURES, 1, name="Conv_1", **kw)(x, train=train)
             else:
                 _, t, c_in, c_out, s = _BLOCK_SPEC[name]
-                x = _Block(t, c_in, c_out, s, name=name, **kw)(x, train=train)
+                x = InvertedResidual(t, c_in, c_out, s, name=name, **kw)(x, train=train)
         if self.pool:
             x = jnp.mean(x, axis=(1, 2))
         return x

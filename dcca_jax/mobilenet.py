@@ -123,7 +123,11 @@ class _PointwiseConv(nn.Module):
 
 
 class _QConv(nn.Module):
-    """Convolution + bias (+ ReLU6), optionally re-quantising its output like the uint8 interpreter."""
+    """Convolution + bias [+ BatchNorm] (+ ReLU6), optionally re-quantising its output like the uint8 interpreter.
+
+    ``batch_norm`` inserts a BatchNorm after the (folded) convolution, for fine-tuning with batch statistics
+    (:mod:`dcca_jax.finetune`, ``batch_norm="update"``); the pretrained network has none.
+    """
 
     features: int
     kernel: int
@@ -131,9 +135,12 @@ class _QConv(nn.Module):
     groups: int = 1
     relu6: bool = True
     emulate_uint8: bool = False
+    batch_norm: bool = False
+    bn_momentum: float = 0.9
+    bn_epsilon: float = 1e-3
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, *, train: bool = False):
         if self.groups == 1 and self.kernel == 1 and self.stride == 1:
             x = _PointwiseConv(self.features, name="conv")(x)
         elif self.groups == 1:
@@ -144,6 +151,9 @@ class _QConv(nn.Module):
         else:
             raise ValueError(f"only plain (groups=1) and depthwise convolutions are supported, got groups="
                              f"{self.groups} for {x.shape[-1]} -> {self.features} channels")
+        if self.batch_norm:
+            x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+                             dtype=x.dtype, param_dtype=x.dtype, name="bn")(x)
         if self.relu6:
             x = jnp.clip(x, 0.0, 6.0)
         if self.emulate_uint8:
@@ -160,16 +170,20 @@ class InvertedResidual(nn.Module):
     out_channels: int
     stride: int
     emulate_uint8: bool = False
+    batch_norm: bool = False
+    bn_momentum: float = 0.9
+    bn_epsilon: float = 1e-3
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, *, train: bool = False):
+        kw = dict(emulate_uint8=self.emulate_uint8, batch_norm=self.batch_norm, bn_momentum=self.bn_momentum,
+                  bn_epsilon=self.bn_epsilon)
         hidden = self.in_channels * self.expansion
         y = x
         if self.expansion != 1:
-            y = _QConv(hidden, 1, emulate_uint8=self.emulate_uint8, name="expand")(y)
-        y = _QConv(hidden, 3, stride=self.stride, groups=hidden, emulate_uint8=self.emulate_uint8,
-                   name="depthwise")(y)
-        y = _QConv(self.out_channels, 1, relu6=False, emulate_uint8=self.emulate_uint8, name="project")(y)
+            y = _QConv(hidden, 1, name="expand", **kw)(y, train=train)
+        y = _QConv(hidden, 3, stride=self.stride, groups=hidden, name="depthwise", **kw)(y, train=train)
+        y = _QConv(self.out_channels, 1, relu6=False, name="project", **kw)(y, train=train)
         if self.stride == 1 and self.in_channels == self.out_channels:
             y = y + x
             if self.emulate_uint8:
