@@ -38,7 +38,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from dcca_jax.linalg import check_views
-from dcca_jax.streaming import CovarianceStats, empty_stats, merge_stats
+from dcca_jax.models.streaming import CovarianceStats, empty_stats, merge_stats
 
 __all__ = [
     "DATA_AXIS",
@@ -255,7 +255,7 @@ def shard_train_step(
     The step is jitted with the state and RNG replicated and every batch leaf split by rows over
     ``axis_name``; XLA partitions the towers per device and turns the reductions over rows (means,
     ``H^T H``) into all-reduces, so the loss and gradients are those of the global batch. Works with an
-    already-jitted step (e.g. ``dcca_jax.dcca.train_step``). The returned callable places its inputs
+    already-jitted step (e.g. ``dcca_jax.models.dcca.train_step``). The returned callable places its inputs
     (:func:`replicate`, :func:`shard_batch`) when they are not placed yet.
 
     Args:
@@ -367,7 +367,7 @@ def _call_without_params(fn, params, x):
 
 def sharded_apply(fn: Callable, mesh: Mesh, *, axis_name: str = DATA_AXIS, per_device_batch: int | None = None) -> Callable:
     """``x -> fn(x)`` split over the devices of ``mesh``, for a per-example ``fn`` whose parameters are
-    closed over (e.g. ``dcca_jax.extract.Backbone.apply``). See :func:`shard_batch_apply`."""
+    closed over (e.g. ``dcca_jax.visual.extract.Backbone.apply``). See :func:`shard_batch_apply`."""
     call = functools.partial(_call_without_params, fn)  # built once: the compiled program is cached on it
 
     def apply(x):
@@ -378,7 +378,7 @@ def sharded_apply(fn: Callable, mesh: Mesh, *, axis_name: str = DATA_AXIS, per_d
 
 def shard_backbone(backbone, mesh: Mesh, *, axis_name: str = DATA_AXIS):
     """A copy of a feature extractor (a dataclass with an ``apply`` field, such as
-    ``dcca_jax.extract.Backbone``) whose ``apply`` runs split over ``mesh``.
+    ``dcca_jax.visual.extract.Backbone``) whose ``apply`` runs split over ``mesh``.
 
     ``extract_features(paths, backbone=shard_backbone(build_backbone(cfg), mesh), batch_size=b)`` then
     extracts on every device; choose ``b`` a multiple of the device count (other sizes are padded).
@@ -458,7 +458,7 @@ class PrecisionTower(nn.Module):
 
 
 def with_precision(tower: nn.Module, policy: str | PrecisionPolicy) -> nn.Module:
-    """A :mod:`dcca_jax.towers` module (any module with ``dtype``/``param_dtype`` fields) under ``policy``.
+    """A :mod:`dcca_jax.models.towers` module (any module with ``dtype``/``param_dtype`` fields) under ``policy``.
 
     ``with_precision(tower, "bfloat16")``: matrix products in bf16, parameters and optimiser state in
     float32, outputs cast to float32 so that Eq. 4's covariances, the whitening and the objective run in
@@ -478,7 +478,7 @@ def data_parallel_dcca_step(
     policy: str | PrecisionPolicy | None = None,
     axis_name: str = DATA_AXIS,
 ) -> Callable:
-    """:func:`dcca_jax.dcca.make_train_step` split over the data axis of ``mesh``.
+    """:func:`dcca_jax.models.dcca.make_train_step` split over the data axis of ``mesh``.
 
     The global batch ``(x_v, x_s)`` (rows divisible by the number of data-parallel devices) is split
     over devices; the DCCA loss, its gradients and (with batch norm) the batch statistics are those of
@@ -487,9 +487,9 @@ def data_parallel_dcca_step(
     modules).
 
     Returns:
-      ``step(state, batch, rng) -> (state, metrics)`` over a ``dcca_jax.dcca.DCCATrainState``.
+      ``step(state, batch, rng) -> (state, metrics)`` over a ``dcca_jax.models.dcca.DCCATrainState``.
     """
-    from dcca_jax import dcca  # deferred: dcca is the heavier module and imports nothing from here
+    from dcca_jax.models import dcca  # deferred: dcca is the heavier module and imports nothing from here
 
     if policy is not None:
         tower_v, tower_s = with_precision(tower_v, policy), with_precision(tower_s, policy)
@@ -528,7 +528,7 @@ def fit_dcca_data_parallel(
     Args:
       x_v: ``(n_local, d_v)`` this process's visual rows.
       x_s: ``(n_local, d_s)`` the paired semantic rows.
-      config: :func:`dcca_jax.dcca.default_dcca_config` (Adam only; ``epochs``, ``batch_size``,
+      config: :func:`dcca_jax.models.dcca.default_dcca_config` (Adam only; ``epochs``, ``batch_size``,
         ``learning_rate``, ``seed``, ``dtype``, towers, objective and ridges are used).
       mesh: :func:`make_mesh` over all processes' devices.
       policy: optional precision policy (:func:`with_precision`), e.g. ``"bfloat16"``.
@@ -541,11 +541,11 @@ def fit_dcca_data_parallel(
     Raises:
       ValueError: L-BFGS, a global batch not divisible over processes and devices, unequal rows per
         process, or fewer rows than one batch.
-      dcca_jax.dcca.NonFiniteLossError: the loss became NaN/inf (with advice).
+      dcca_jax.models.dcca.NonFiniteLossError: the loss became NaN/inf (with advice).
     """
-    from dcca_jax import dcca
-    from dcca_jax.streaming import fit_from_stats, stats_from_arrays
-    from dcca_jax.towers import init_from_cca, make_tower
+    from dcca_jax.models import dcca
+    from dcca_jax.models.streaming import fit_from_stats, stats_from_arrays
+    from dcca_jax.models.towers import init_from_cca, make_tower
 
     c = config
     if c.optimizer != "adam":
@@ -747,7 +747,7 @@ def _allgather_f64(x: np.ndarray) -> np.ndarray:
 
 
 def allreduce_stats(stats: CovarianceStats) -> CovarianceStats:
-    """Merges every process's :class:`dcca_jax.streaming.CovarianceStats` (Chan update, float64, exact
+    """Merges every process's :class:`dcca_jax.models.streaming.CovarianceStats` (Chan update, float64, exact
     transfer); each process gets the statistics of all rows. A no-op in a single process."""
     if jax.process_count() == 1:
         return stats

@@ -1,7 +1,7 @@
 r"""Deep CCA from pixels: MobileNetV2 inside the visual tower, trained end to end on the correlation objective.
 
-Visual tower: images -> MobileNetV2 (ImageNet-pretrained, :mod:`dcca_jax.mobilenet`) -> 1280-d pooled
-feature -> :class:`dcca_jax.towers.ResidualCCATower`; semantic tower: tag vector -> ResidualCCATower.  The
+Visual tower: images -> MobileNetV2 (ImageNet-pretrained, :mod:`dcca_jax.visual.mobilenet`) -> 1280-d pooled
+feature -> :class:`dcca_jax.models.towers.ResidualCCATower`; semantic tower: tag vector -> ResidualCCATower.  The
 towers' linear maps start as a linear CCA of the pretrained features and the tags of the training images and
 the residual MLPs' last layers start at zero, so training starts *at* frozen-feature linear CCA (FINDINGS.md).
 Training minimises :func:`dcca_jax.objectives.cca_loss` of the two towers' outputs (Eq. 5-7); after training a
@@ -36,12 +36,12 @@ while holding only one micro-batch's activations.  With ``batch_norm="update"`` 
 each micro-batch (both passes see the same micro-batches, so the gradient is exact for that network).
 
 Training is restartable: the epoch's order comes from ``default_rng([seed, epoch])``, each image's
-augmentation from ``(seed, epoch, index)`` (:mod:`dcca_jax.augment`); orbax checkpoints (every
+augmentation from ``(seed, epoch, index)`` (:mod:`dcca_jax.visual.augment`); orbax checkpoints (every
 ``checkpoint_every`` steps and at each epoch end) hold the train state, the best parameters and the
 early-stopping counters, so a rerun in the same workdir ends with the parameters of an uninterrupted run.
 Early stopping: before training and after each epoch the validation images are mapped to the common space (Eq. 8 CCA fitted on the
 training images' outputs) and tagged by the transfer method ``config.transfer``
-(:func:`dcca_jax.recommend.transfer_scores`); the parameters with the best validation per-word F1 are kept
+(:func:`dcca_jax.tagging.recommend.transfer_scores`); the parameters with the best validation per-word F1 are kept
 (``best_epoch=-1``: the starting point, i.e. training did not improve on linear CCA).
 
 References:
@@ -70,14 +70,15 @@ import optax
 from absl import logging
 from flax.training import train_state
 
-from dcca_jax import metrics, recommend
-from dcca_jax.augment import BatchLoader, DecodedImages, augment_config
+from dcca_jax.tagging import metrics
+from dcca_jax.tagging import recommend
+from dcca_jax.visual.augment import BatchLoader, DecodedImages, augment_config
 from dcca_jax.blas import limit_blas_threads
-from dcca_jax.cca import CCAParams, fit_linear_cca, project
-from dcca_jax.dcca import NonFiniteLossError, _MetricsWriter
-from dcca_jax.mobilenet import BLOCKS, NUM_FEATURES, InvertedResidual, _QConv
+from dcca_jax.models.cca import CCAParams, fit_linear_cca, project
+from dcca_jax.models.dcca import NonFiniteLossError, _MetricsWriter
+from dcca_jax.visual.mobilenet import BLOCKS, NUM_FEATURES, InvertedResidual, _QConv
 from dcca_jax.objectives import OBJECTIVES, cca_loss
-from dcca_jax.towers import ResidualCCATower, init_from_cca
+from dcca_jax.models.towers import ResidualCCATower, init_from_cca
 
 __all__ = [
     "LAYERS",
@@ -180,7 +181,7 @@ def layer_index(trainable_from: str | int) -> int:
 class BackboneSegment(nn.Module):
     """Layers ``LAYERS[start:stop]`` of MobileNetV2 (float, folded BN unless ``batch_norm``), optionally pooled.
 
-    Parameters use the names of :func:`dcca_jax.mobilenet.load_tflite_params` (``{"Conv": {"conv": ...},
+    Parameters use the names of :func:`dcca_jax.visual.mobilenet.load_tflite_params` (``{"Conv": {"conv": ...},
     "expanded_conv_13": {"expand": {"conv": ...}, ...}, ...}``), so a pretrained tree can be sliced by layer.
 
     Attributes:
@@ -255,7 +256,7 @@ def slice_layers(params: dict, start: int, stop: int) -> dict:
     missing = [n for n in LAYERS[start:stop] if n not in params]
     if missing:
         raise ValueError(f"backbone params lack layers {missing[:3]}; pass the 'params' of "
-                         "dcca_jax.mobilenet.load_tflite_params (or MobileNetV2().init)")
+                         "dcca_jax.visual.mobilenet.load_tflite_params (or MobileNetV2().init)")
     return {n: params[n] for n in LAYERS[start:stop]}
 
 
@@ -518,7 +519,7 @@ class FinetunedDCCA:
 
     ``transform(x_v=images, x_s=tags) -> (z_v, z_s)`` maps normalised images ``(n, size, size, 3)`` (or
     pooled features for a frozen CNN) and tag vectors ``(n, d_s)`` to the common space, so
-    :func:`dcca_jax.recommend.recommend_from_model` works with it.  ``transform_boundary`` does the same
+    :func:`dcca_jax.tagging.recommend.recommend_from_model` works with it.  ``transform_boundary`` does the same
     from cached frozen-prefix outputs.
     """
 
@@ -638,7 +639,7 @@ def fit_finetune(config: ml_collections.ConfigDict, *, backbone_params: dict, im
 
     Args:
       config: :func:`finetune_config`.
-      backbone_params: MobileNetV2 ``params`` (:func:`dcca_jax.mobilenet.load_tflite_params`).
+      backbone_params: MobileNetV2 ``params`` (:func:`dcca_jax.visual.mobilenet.load_tflite_params`).
       images: decoded images (all of the dataset; indexed by ``fit_idx``/``val_idx``); unused and may be None
         with ``trainable_from="none"`` when ``features`` is given.
       labels: ``(n, V)`` 0/1 tags of the same images (the semantic view).

@@ -19,7 +19,7 @@ Methods (all on the same MobileNetV2 float model at ``augment.size``, centre-cro
 - ``finetune``: the towers with the CNN's last layers trained end to end from augmented pixels.
 
 The DCCA rows run for every seed of ``config.seeds`` (initialisation of the residual MLPs, data order,
-augmentation); per seed a paired bootstrap over test images (:func:`dcca_jax.metrics.paired_bootstrap`) gives
+augmentation); per seed a paired bootstrap over test images (:func:`dcca_jax.tagging.metrics.paired_bootstrap`) gives
 the difference of each pair of methods; the summary gives mean +/- sd over seeds.
 Entry point: :func:`run_finetune_corel5k` (``experiments/finetune_corel5k.py``).
 """
@@ -36,10 +36,14 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from dcca_jax import datasets, finetune, metrics, mobilenet, recommend
-from dcca_jax.augment import DecodedImages
+from dcca_jax import finetune
+from dcca_jax.data import datasets
+from dcca_jax.tagging import metrics
+from dcca_jax.visual import mobilenet
+from dcca_jax.tagging import recommend
+from dcca_jax.visual.augment import DecodedImages
 from dcca_jax.blas import limit_blas_threads
-from dcca_jax.cca import fit_linear_cca, project
+from dcca_jax.models.cca import fit_linear_cca, project
 
 __all__ = ["split_indices", "protocol_metrics", "run_finetune_corel5k", "results_markdown"]
 

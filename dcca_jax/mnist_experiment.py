@@ -18,10 +18,10 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from dcca_jax.base import paired_correlations
-from dcca_jax.cca import LinearCCA
-from dcca_jax.dcca import DeepCCA
-from dcca_jax.mnist import fit_kcca_mnist, load_mnist_halves
+from dcca_jax.models.base import paired_correlations
+from dcca_jax.models.cca import LinearCCA
+from dcca_jax.models.dcca import DeepCCA
+from dcca_jax.data.mnist import fit_kcca_mnist, load_mnist_halves
 
 __all__ = ["run_mnist_halves", "results_markdown"]
 
@@ -46,7 +46,7 @@ def _row(name: str, objective: str, model, data, fit_s: float, **extra) -> dict:
 
 
 def _kcca_row(config, workdir: pathlib.Path) -> dict:
-    """KCCA through the kernel-CCA helper's :func:`dcca_jax.mnist.fit_kcca_mnist` (Nystrom, refit on all 60k)."""
+    """KCCA through the kernel-CCA helper's :func:`dcca_jax.data.mnist.fit_kcca_mnist` (Nystrom, refit on all 60k)."""
     out = fit_kcca_mnist(config.data_path, config=config.kcca, n_val=int(config.n_val), refit_full=True,
                          save_dir=workdir / "kcca" / "model")
     row = {

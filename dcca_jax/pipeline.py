@@ -34,18 +34,18 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from dcca_jax import autoencoder as ae_lib
-from dcca_jax import datasets as data_lib
-from dcca_jax import deepwords
-from dcca_jax import extract as extract_lib
-from dcca_jax import metrics as metrics_lib
-from dcca_jax import recommend as rec_lib
-from dcca_jax import synthetic
-from dcca_jax.base import CorrelationModel, correlation_score_curve, load_model
+from dcca_jax.visual import autoencoder as ae_lib
+from dcca_jax.data import datasets as data_lib
+from dcca_jax.semantic import deepwords
+from dcca_jax.visual import extract as extract_lib
+from dcca_jax.tagging import metrics as metrics_lib
+from dcca_jax.tagging import recommend as rec_lib
+from dcca_jax.data import synthetic
+from dcca_jax.models.base import CorrelationModel, correlation_score_curve, load_model
 from dcca_jax.baselines import cca_knn as cca_knn_lib
 from dcca_jax.baselines import general_cca as general_cca_lib
 from dcca_jax.baselines import jec as jec_lib
-from dcca_jax.cca import LinearCCA
+from dcca_jax.models.cca import LinearCCA
 
 __all__ = [
     "default_config",
@@ -79,8 +79,8 @@ def default_tflite_path() -> str:
 
 def _model_classes():
     # Imported lazily: kernel and deep CCA pull in more of flax/optax/orbax than the rest needs.
-    from dcca_jax.dcca import DeepCCA
-    from dcca_jax.kcca import KernelCCA
+    from dcca_jax.models.dcca import DeepCCA
+    from dcca_jax.models.kcca import KernelCCA
 
     return {"cca": LinearCCA, "kcca": KernelCCA, "dcca": DeepCCA}
 

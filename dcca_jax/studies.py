@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from dcca_jax import report
-from dcca_jax.base import correlation_score_curve
+from dcca_jax.models.base import correlation_score_curve
 from dcca_jax.pipeline import MODEL_TITLES, Pipeline, _atomic_write_text, _jsonable, _model_classes, package_versions
 
 __all__ = [

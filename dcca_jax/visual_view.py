@@ -24,8 +24,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from dcca_jax import autoencoder as ae_lib
-from dcca_jax import extract, images
+from dcca_jax.visual import autoencoder as ae_lib
+from dcca_jax.visual import extract
+from dcca_jax.visual import images
 
 
 def default_config() -> ml_collections.ConfigDict:

@@ -14,7 +14,7 @@ import pathlib
 import numpy as np
 from PIL import Image
 
-from dcca_jax import cca
+from dcca_jax.models import cca
 
 MODEL = "models/mobilenet_v2_1.0_224_quant/mobilenet_v2_1.0_224_quant.tflite"
 

@@ -19,7 +19,7 @@ import numpy as np
 from absl import app, flags
 
 from dcca_jax import fit_linear_cca, paired_correlations
-from dcca_jax.datagen import correlated_views
+from dcca_jax.data.synthetic import correlated_views
 
 _OUT = flags.DEFINE_string("out", "results/bench/cca.json", "JSON output path (a .md table is written beside it).")
 _N = flags.DEFINE_integer("n", 5000, "Samples.")

@@ -37,7 +37,7 @@ LR = 1e-3
 
 
 def _load():
-    from dcca_jax.mnist import load_mnist_halves
+    from dcca_jax.data.mnist import load_mnist_halves
 
     d = load_mnist_halves(_DATA.value)
     return d["train_v"], d["train_s"]
@@ -62,7 +62,7 @@ def _matmul_rate(n: int, repeats: int = 20) -> dict:
 
 
 def _jax_epochs(x_v, x_s, objective: str, epochs: int) -> list[float]:
-    from dcca_jax.dcca import DeepCCA
+    from dcca_jax.models.dcca import DeepCCA
 
     cfg = DeepCCA.default_config()
     cfg.towers.visual_hidden = cfg.towers.semantic_hidden = HIDDEN
@@ -141,7 +141,7 @@ def _markdown(r: dict) -> str:
 
 def main(argv):
     del argv
-    from dcca_jax.towers import tower_forward_flops
+    from dcca_jax.models.towers import tower_forward_flops
 
     load0 = os.getloadavg()
     x_v, x_s = _load()

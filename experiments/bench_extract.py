@@ -3,7 +3,7 @@ r"""Benchmark: MobileNetV2 feature extraction, JAX (Flax, dequantised) against t
 Same ~200 Corel5k photos, same machine, same process. Decoding + resize + crop is timed once on its own;
 then each engine is timed on the already-decoded uint8 crops (network only) and reported in images/s:
 - JAX MobileNetV2, jitted, batch --batch_size (float32), plain float and with uint8 activation emulation;
-- dcca_jax.extract.extract_features end to end (background decoding thread + jitted network);
+- dcca_jax.visual.extract.extract_features end to end (background decoding thread + jitted network);
 - TFLite interpreter (ai_edge_litert, default XNNPACK delegate), one image per invoke, at 1 and
   --threads threads (the interpreter's natural mode; its batch dimension is fixed at 1 in the file).
 Also the per-image cosine between the JAX and TFLite 1280-d features, so speed is not bought with accuracy.
@@ -22,7 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from dcca_jax import extract, images, mobilenet
+from dcca_jax.visual import extract
+from dcca_jax.visual import images
+from dcca_jax.visual import mobilenet
 
 SHARED = os.environ.get("DCCA_SHARED", "../shared")
 _OUT = flags.DEFINE_string("out", "results/bench/extract.json", "JSON output path (a .md table is written beside it).")

@@ -20,8 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from dcca_jax import datasets, finetune, mobilenet
-from dcca_jax.augment import BatchLoader, DecodedImages
+from dcca_jax import finetune
+from dcca_jax.data import datasets
+from dcca_jax.visual import mobilenet
+from dcca_jax.visual.augment import BatchLoader, DecodedImages
 from dcca_jax.blas import limit_blas_threads
 
 _SHARED = pathlib.Path(os.environ.get("DCCA_SHARED", pathlib.Path(__file__).resolve().parents[1].parent / "shared"))

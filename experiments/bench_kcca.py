@@ -25,9 +25,9 @@ from absl import app, flags
 
 jax.config.update("jax_enable_x64", True)
 
-from dcca_jax.base import paired_correlations  # noqa: E402
-from dcca_jax.datagen import correlated_views  # noqa: E402
-from dcca_jax.kcca import KernelCCA, median_bandwidth  # noqa: E402
+from dcca_jax.models.base import paired_correlations  # noqa: E402
+from dcca_jax.data.synthetic import correlated_views  # noqa: E402
+from dcca_jax.models.kcca import KernelCCA, median_bandwidth  # noqa: E402
 
 _OUT = flags.DEFINE_string("out", "results/bench/kcca.json", "JSON output path (a .md table is written beside it).")
 _N = flags.DEFINE_integer("n", 5000, "Training samples.")

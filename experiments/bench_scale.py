@@ -102,7 +102,7 @@ def _timed(fn, repeats):
 def child_cca(n: int) -> dict:
     import jax
 
-    from dcca_jax.streaming import fit_from_stats, stats_from_npy
+    from dcca_jax.models.streaming import fit_from_stats, stats_from_npy
 
     pv, ps = ensure_views(pathlib.Path(FLAGS.cache_dir), int(FLAGS.cca_sizes[-1]), FLAGS.d_v, FLAGS.d_s)
     k = 20
@@ -126,12 +126,12 @@ def child_cca(n: int) -> dict:
 
 
 def child_kcca(n: int) -> dict:
-    if importlib.util.find_spec("dcca_jax.kcca") is None:
-        return {"skipped": "dcca_jax.kcca is not on this branch (kernel CCA is written on branch kcca)"}
+    if importlib.util.find_spec("dcca_jax.models.kcca") is None:
+        return {"skipped": "dcca_jax.models.kcca is not on this branch (kernel CCA is written on branch kcca)"}
     import jax
     import numpy as np
 
-    from dcca_jax.kcca import KernelCCA
+    from dcca_jax.models.kcca import KernelCCA
 
     pv, ps = ensure_views(pathlib.Path(FLAGS.cache_dir), int(FLAGS.cca_sizes[-1]), FLAGS.d_v, FLAGS.d_s)
     x_v = np.asarray(np.load(pv, mmap_mode="r")[:n])
@@ -154,8 +154,8 @@ def child_kcca_stream(n: int) -> dict:
     import jax
     import numpy as np
 
-    from dcca_jax.kcca import KernelCCA, nystrom_features
-    from dcca_jax.streaming import fit_streaming_cca
+    from dcca_jax.models.kcca import KernelCCA, nystrom_features
+    from dcca_jax.models.streaming import fit_streaming_cca
 
     pv, ps = ensure_views(pathlib.Path(FLAGS.cache_dir), int(FLAGS.cca_sizes[-1]), FLAGS.d_v, FLAGS.d_s)
     m = FLAGS.kcca_landmarks
@@ -189,8 +189,8 @@ def child_dcca(n: int) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from dcca_jax import dcca
-    from dcca_jax.towers import make_tower
+    from dcca_jax.models import dcca
+    from dcca_jax.models.towers import make_tower
 
     batch = 1000
     cfg = dcca.default_dcca_config()

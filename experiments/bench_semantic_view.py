@@ -17,7 +17,9 @@ import numpy as np
 from absl import app, flags, logging
 
 import _measure
-from dcca_jax import datasets, deepwords, skipgram
+from dcca_jax.data import datasets
+from dcca_jax.semantic import deepwords
+from dcca_jax.semantic import skipgram
 
 _SHARED = flags.DEFINE_string("shared", "../shared", "The shared data folder.")
 _CACHE = flags.DEFINE_string("cache", "runs/cache", "Where MobileNetV2 features are cached.")

@@ -22,7 +22,8 @@ import optax
 from absl import app, flags, logging
 
 import _measure
-from dcca_jax import datasets, synthetic
+from dcca_jax.data import datasets
+from dcca_jax.data import synthetic
 
 _SHARED = flags.DEFINE_string("shared", "../shared", "The shared data folder.")
 _DATA = flags.DEFINE_string("data", "runs/synthetic", "Synthetic dataset folder (generated when missing).")

@@ -1,4 +1,4 @@
-r"""Chunked cosine top-k (dcca_jax.recommend.chunked_topk): wall time and XLA's compiled memory use.
+r"""Chunked cosine top-k (dcca_jax.tagging.recommend.chunked_topk): wall time and XLA's compiled memory use.
 
   python experiments/bench_topk.py --n_queries=100000 --n_items=200000 --dim=64 --k=10 \
       --out=results/bench/topk.json
@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
-from dcca_jax import recommend
+from dcca_jax.tagging import recommend
 
 _NQ = flags.DEFINE_integer("n_queries", 100_000, "Queries.")
 _NI = flags.DEFINE_integer("n_items", 200_000, "Items.")

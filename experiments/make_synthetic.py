@@ -5,7 +5,7 @@ r"""Write the procedurally generated tagged-scene dataset (an image folder with 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from dcca_jax import synthetic
+from dcca_jax.data import synthetic
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/synthetic.py", lock_config=True)
 _OUT = flags.DEFINE_string("out", "data/synthetic", "Destination folder.")

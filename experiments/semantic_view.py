@@ -5,7 +5,8 @@ r"""The semantic view of a dataset: skip-gram vectors, deep words (k-means), bag
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from dcca_jax import datasets, deepwords
+from dcca_jax.data import datasets
+from dcca_jax.semantic import deepwords
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/semantic.py", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "runs/semantic", "Where to write the matrices and the report.")

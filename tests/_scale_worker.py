@@ -80,9 +80,9 @@ def dcca_setup(policy=None):
     import jax
     import jax.numpy as jnp
 
-    from dcca_jax import dcca
+    from dcca_jax.models import dcca
     from dcca_jax.distributed import with_precision
-    from dcca_jax.towers import make_tower
+    from dcca_jax.models.towers import make_tower
 
     cfg = dcca.default_dcca_config()
     cfg.towers.update(visual_hidden=(16,), semantic_hidden=(16,), out_dim=O, batch_norm=True, dropout=0.1)
@@ -128,13 +128,13 @@ def images(n=37):
 
 
 def tiny_backbone():
-    """dcca_jax.extract.Backbone around conv_net (12 x 12 crops), for the extraction pipeline."""
+    """dcca_jax.visual.extract.Backbone around conv_net (12 x 12 crops), for the extraction pipeline."""
     import functools
 
     import jax
 
-    from dcca_jax.extract import Backbone
-    from dcca_jax.images import Preprocess
+    from dcca_jax.visual.extract import Backbone
+    from dcca_jax.visual.images import Preprocess
 
     pre = Preprocess(size=12, crop_fraction=1.0, normalisation="mobilenet_v2")
     return Backbone("tiny", jax.jit(functools.partial(conv_net, conv_params())), pre, 5, {"backbone": "tiny"})
@@ -196,7 +196,7 @@ def run_multidevice(out):
     extracted = dist.shard_batch_apply(conv_net, conv_params(), images(), mesh)
     extracted_blocks = dist.shard_batch_apply(conv_net, conv_params(), images(), mesh, per_device_batch=2)
     extracted_closure = dist.sharded_apply(functools.partial(conv_net, conv_params()), mesh)(images())
-    from dcca_jax.extract import extract_features
+    from dcca_jax.visual.extract import extract_features
 
     paths = write_images(os.path.join(os.path.dirname(out), "imgs"))
     pipeline = extract_features(paths, backbone=dist.shard_backbone(tiny_backbone(), mesh), batch_size=8)
@@ -236,7 +236,7 @@ def run_multiprocess(out, port, process_id, num_processes):
     jax.config.update("jax_enable_x64", True)
     jax.config.update("jax_disable_most_optimizations", True)
     from dcca_jax import distributed as dist
-    from dcca_jax.streaming import stats_from_arrays
+    from dcca_jax.models.streaming import stats_from_arrays
 
     assert dist.initialize_distributed(f"localhost:{port}", num_processes, process_id, initialization_timeout=60)
     assert jax.process_count() == num_processes and jax.device_count() == 2 * num_processes

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dcca_jax import alexnet
+from dcca_jax.visual import alexnet
 
 # ---- independent numpy oracle, written in the source (NCHW, OIHW) layout ------------------------------------
 

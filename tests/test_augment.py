@@ -1,12 +1,12 @@
-"""Tests of dcca_jax.augment: deterministic augmentation, crop/flip/jitter against numpy oracles, the loader."""
+"""Tests of dcca_jax.visual.augment: deterministic augmentation, crop/flip/jitter against numpy oracles, the loader."""
 import math
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from dcca_jax import augment
-from dcca_jax.images import ImageLoadError, load_image
+from dcca_jax.visual import augment
+from dcca_jax.visual.images import ImageLoadError, load_image
 
 
 def _write_images(tmp_path, n=6, shape=(24, 36)):

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dcca_jax import autoencoder as ae
+from dcca_jax.visual import autoencoder as ae
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from dcca_jax.blas import blas_thread_counts, limit_blas_threads
-from dcca_jax.datagen import correlated_views
-from dcca_jax.dcca import DeepCCA
+from dcca_jax.data.synthetic import correlated_views
+from dcca_jax.models.dcca import DeepCCA
 
 # numpy is linked against an OpenBLAS that threadpoolctl can see; without one nothing can be checked.
 pytestmark = pytest.mark.skipif(not blas_thread_counts(), reason="no BLAS library visible to threadpoolctl")

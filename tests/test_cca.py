@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from dcca_jax import cca
-from dcca_jax.base import load_model
+from dcca_jax.models import cca
+from dcca_jax.models.base import load_model
 
 
 def _views(rng, n=300, d_v=8, d_s=6, latent=4):

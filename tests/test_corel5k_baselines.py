@@ -9,7 +9,7 @@ import scipy.io
 from PIL import Image
 
 from conftest import shared_path
-from dcca_jax import metrics
+from dcca_jax.tagging import metrics
 from dcca_jax.baselines import corel5k
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "experiments" / "configs"))

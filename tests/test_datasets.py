@@ -9,7 +9,7 @@ import scipy.io
 from conftest import shared_path
 from PIL import Image
 
-from dcca_jax import datasets as ds
+from dcca_jax.data import datasets as ds
 
 
 def _img(path: pathlib.Path):

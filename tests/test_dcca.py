@@ -6,12 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dcca_jax.base import load_model
-from dcca_jax.cca import LinearCCA
-from dcca_jax.datagen import correlated_views
-from dcca_jax.dcca import (DCCATrainState, DeepCCA, NonFiniteLossError, make_optimizer, make_train_chunk,
+from dcca_jax.models.base import load_model
+from dcca_jax.models.cca import LinearCCA
+from dcca_jax.data.synthetic import correlated_views
+from dcca_jax.models.dcca import (DCCATrainState, DeepCCA, NonFiniteLossError, make_optimizer, make_train_chunk,
                            make_train_step)
-from dcca_jax.towers import make_tower
+from dcca_jax.models.towers import make_tower
 
 TINY = dict(
     towers=dict(visual_hidden=(16,), semantic_hidden=(16,), out_dim=2, activation="tanh"),

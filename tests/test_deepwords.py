@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dcca_jax import deepwords as dw
-from dcca_jax import skipgram
+from dcca_jax.semantic import deepwords as dw
+from dcca_jax.semantic import skipgram
 
 # Hand-placed word vectors: three obvious directions, so the 3 clusters are {sky, cloud}, {sea, wave}, {tiger}.
 _WORDS = ("sky", "cloud", "sea", "wave", "tiger")

@@ -18,10 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dcca_jax import dcca
+from dcca_jax.models import dcca
 from dcca_jax import distributed as dist
 from dcca_jax.objectives import view_covariances
-from dcca_jax.streaming import stats_from_arrays
+from dcca_jax.models.streaming import stats_from_arrays
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 WORKER = pathlib.Path(__file__).resolve().parent / "_scale_worker.py"
@@ -70,7 +70,7 @@ def single_device_reference():
 
 @pytest.fixture(scope="module")
 def single_device_dcca():
-    """Two steps of dcca_jax.dcca's own train step on one device."""
+    """Two steps of dcca_jax.models.dcca's own train step on one device."""
     tv, ts, cfg, state = W.dcca_setup()
     step = dcca.make_train_step(tv, ts, cfg)
     x_v, x_s = W.data()
@@ -122,8 +122,8 @@ def test_eight_devices_equal_one_device(tmp_path, single_device_reference, singl
     np.testing.assert_allclose(z["extracted"], want, atol=1e-12)
     np.testing.assert_allclose(z["extracted_blocks"], want, atol=1e-12)
     np.testing.assert_allclose(z["extracted_closure"], want, atol=1e-12)
-    # dcca_jax.extract's pipeline with the backbone sharded over 8 devices = unsharded, image by image.
-    from dcca_jax.extract import extract_features
+    # dcca_jax.visual.extract's pipeline with the backbone sharded over 8 devices = unsharded, image by image.
+    from dcca_jax.visual.extract import extract_features
 
     paths = W.write_images(tmp_path / "imgs")
     plain = extract_features(paths, backbone=W.tiny_backbone(), batch_size=8)
@@ -277,7 +277,7 @@ def test_dcca_step_with_bfloat16_towers():
 
 
 def test_fit_dcca_data_parallel_starts_at_cca_and_improves(tmp_path):
-    from dcca_jax.cca import fit_linear_cca
+    from dcca_jax.models.cca import fit_linear_cca
     from dcca_jax.objectives import correlation_objective
 
     x_v, x_s = W.data()
@@ -290,7 +290,7 @@ def test_fit_dcca_data_parallel_starts_at_cca_and_improves(tmp_path):
     state0, hist0 = dist.fit_dcca_data_parallel(x_v, x_s, cfg, mesh)
     assert hist0 == []
     # Residual towers start exactly at the linear CCA fitted from streamed statistics (Eq. 8).
-    from dcca_jax.towers import make_tower
+    from dcca_jax.models.towers import make_tower
 
     tv = make_tower(hidden=(8,), out_dim=3, residual_cca=True, param_dtype=jnp.float64)
     ts = make_tower(hidden=(8,), out_dim=3, residual_cca=True, param_dtype=jnp.float64)

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from dcca_jax import datasets
+from dcca_jax.data import datasets
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

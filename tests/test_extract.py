@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dcca_jax import extract, images
+from dcca_jax.visual import extract
+from dcca_jax.visual import images
 
 SIZE = 16
 
@@ -97,7 +98,7 @@ def test_cache_resume_after_interruption(image_files, tmp_path):
 
 
 def test_alexnet_backbone_through_config(image_files, tmp_path):
-    from dcca_jax import alexnet
+    from dcca_jax.visual import alexnet
     from test_alexnet import np_alexnet, random_state_dict
 
     sd = random_state_dict("torchvision", 1 / 16, 5)

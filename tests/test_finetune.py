@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dcca_jax import finetune, mobilenet
-from dcca_jax.augment import DecodedImages
+from dcca_jax import finetune
+from dcca_jax.visual import mobilenet
+from dcca_jax.visual.augment import DecodedImages
 from dcca_jax.objectives import cca_loss
 
 SIZE = 32

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from conftest import shared_path
 
-from dcca_jax import finetune_experiment, metrics
+from dcca_jax import finetune_experiment
+from dcca_jax.tagging import metrics
 from experiments.configs import finetune_corel5k_test
 
 

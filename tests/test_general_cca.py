@@ -1,7 +1,7 @@
 """General CCA baseline: PCA and CCA against numpy closed forms, truncation, transfer through the model."""
 import numpy as np
 
-from dcca_jax import recommend
+from dcca_jax.tagging import recommend
 from dcca_jax.baselines import general_cca
 
 

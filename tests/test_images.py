@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dcca_jax import images
+from dcca_jax.visual import images
 
 
 def _gradient(w, h):

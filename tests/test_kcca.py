@@ -5,10 +5,10 @@ import pytest
 import scipy.linalg
 from scipy.spatial.distance import cdist, pdist
 
-from dcca_jax import kcca
-from dcca_jax.base import load_model
-from dcca_jax.cca import LinearCCA
-from dcca_jax.datagen import correlated_views
+from dcca_jax.models import kcca
+from dcca_jax.models.base import load_model
+from dcca_jax.models.cca import LinearCCA
+from dcca_jax.data.synthetic import correlated_views
 
 
 def _split(x_v, x_s, n_fit):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.cluster.vq import kmeans2
 
-from dcca_jax import kmeans as km
+from dcca_jax.semantic import kmeans as km
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -3,7 +3,7 @@ import jax
 import numpy as np
 import pytest
 
-from dcca_jax import metrics
+from dcca_jax.tagging import metrics
 
 # 4 images, 5 words. Image 2 has no ground-truth tag; word 3 is never predicted; word 4 never occurs in truth.
 TRUTH = np.array([[1, 1, 0, 0, 0],

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from conftest import shared_path
 
-from dcca_jax import mnist
+from dcca_jax.data import mnist
 
 
 @pytest.mark.slow

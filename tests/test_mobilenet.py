@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from conftest import shared_path
 
-from dcca_jax import images, mobilenet
+from dcca_jax.visual import images
+from dcca_jax.visual import mobilenet
 
 MODEL = ("models", "mobilenet_v2_1.0_224_quant", "mobilenet_v2_1.0_224_quant.tflite")
 
@@ -155,7 +156,7 @@ def test_depthwise_same_padding_matches_numpy(size, stride):
 def test_uint8_emulation_agrees_on_200_photos_through_extract():
     """The production path (extract_features, uint8 emulation) against TFLite XNNPACK on 200 test photos."""
     pytest.importorskip("ai_edge_litert")
-    from dcca_jax import extract
+    from dcca_jax.visual import extract
 
     model_path = shared_path(*MODEL)
     _, paths = images.read_list_file(shared_path("data", "corel5k", "corel5k_test_list.txt"))

@@ -3,7 +3,7 @@ import jax
 import numpy as np
 import pytest
 
-from dcca_jax import recommend
+from dcca_jax.tagging import recommend
 
 
 def _dense_topk(q, it, k):

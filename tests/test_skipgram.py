@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from dcca_jax import skipgram
+from dcca_jax.semantic import skipgram
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -98,7 +98,7 @@ _CHILD = textwrap.dedent(
     import sys
     import numpy as np
     sys.path.insert(0, sys.argv[1])
-    from dcca_jax import skipgram
+    from dcca_jax.semantic import skipgram
     rng = np.random.default_rng(0)
     corpus = [[f"t{j}" for j in rng.choice(30, size=4, replace=False)] for _ in range(200)]
     cfg = skipgram.default_config()

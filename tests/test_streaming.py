@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dcca_jax import base
-from dcca_jax.cca import fit_linear_cca
-from dcca_jax.datagen import correlated_views
-from dcca_jax.streaming import (
+from dcca_jax.models import base
+from dcca_jax.models.cca import fit_linear_cca
+from dcca_jax.data.synthetic import correlated_views
+from dcca_jax.models.streaming import (
     StreamingLinearCCA,
     chunk_stats,
     empty_stats,
@@ -142,7 +142,7 @@ def test_model_fit_save_load(views, tmp_path):
 
 def test_feature_map_gives_streaming_nystrom_kcca(views):
     # Linear CCA of streamed Nystrom features = KernelCCA's in-memory Nystrom solver (same landmarks).
-    from dcca_jax.kcca import KernelCCA, nystrom_features
+    from dcca_jax.models.kcca import KernelCCA, nystrom_features
 
     x_v, x_s = views
     model = KernelCCA(n_components=4, solver="nystrom", n_landmarks=40, bandwidth_v=3.0, bandwidth_s=3.0).fit(x_v, x_s)

@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dcca_jax import datasets, synthetic
-from dcca_jax.synthetic import Scene, SceneObject
+from dcca_jax.data import datasets
+from dcca_jax.data import synthetic
+from dcca_jax.data.synthetic import Scene, SceneObject
 
 
 def _obj(shape="circle", colour="red", texture="plain", r=0.1, cx=0.5, cy=0.5):

@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dcca_jax.cca import fit_linear_cca, project
-from dcca_jax.towers import (
+from dcca_jax.models.cca import fit_linear_cca, project
+from dcca_jax.models.towers import (
     ResidualCCATower,
     Tower,
     count_params,

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dcca_jax import autoencoder, visual_view
+from dcca_jax import visual_view
+from dcca_jax.visual import autoencoder
 
 
 @pytest.fixture(autouse=True)

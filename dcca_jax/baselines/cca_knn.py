@@ -8,9 +8,9 @@ The semantic view of an image is the mean of the word vectors of its tags,
 (a zero vector for an untagged image; such images are left out of the CCA fit but stay in the kNN pool);
 linear CCA relates the CNN features (optionally PCA-reduced) and these vectors; a test image is projected with the
 visual map and the projections are scaled by the canonical correlations to a power p before the cosine kNN
-(:func:`dcca_jax.recommend.scale_by_correlation`; Murthy et al. follow Gong et al. with p = 4).  Tags are then
-transferred from the neighbours by :func:`dcca_jax.recommend.transfer_scores` (similarity-weighted votes by
-default; any transfer method of :mod:`dcca_jax.recommend` applies).
+(:func:`dcca_jax.tagging.recommend.scale_by_correlation`; Murthy et al. follow Gong et al. with p = 4).  Tags are then
+transferred from the neighbours by :func:`dcca_jax.tagging.recommend.transfer_scores` (similarity-weighted votes by
+default; any transfer method of :mod:`dcca_jax.tagging.recommend` applies).
 
 The word vectors come from the caller (the project's skip-gram module, or pretrained vectors);
 :func:`train_tag_word2vec` trains gensim's skip-gram on the training images' tag lists when none are given.
@@ -30,7 +30,7 @@ import ml_collections
 import numpy as np
 from jax.typing import ArrayLike
 
-from dcca_jax import recommend
+from dcca_jax.tagging import recommend
 from dcca_jax.baselines import general_cca
 
 
@@ -114,7 +114,7 @@ def fit_cca_knn(x_v: ArrayLike, labels: ArrayLike, word_vectors: ArrayLike, *, p
 
     Returns:
       a :class:`dcca_jax.baselines.general_cca.GeneralCCA` whose semantic map takes mean tag vectors; use
-      :func:`dcca_jax.recommend.recommend_from_model` with ``train_s = mean_tag_vectors(labels, word_vectors)``
+      :func:`dcca_jax.tagging.recommend.recommend_from_model` with ``train_s = mean_tag_vectors(labels, word_vectors)``
       and ``tag_s = word_vectors`` to recommend.
     """
     s = mean_tag_vectors(labels, word_vectors)

@@ -31,8 +31,10 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from dcca_jax import datasets, metrics, recommend
-from dcca_jax.base import correlation_score_curve
+from dcca_jax.data import datasets
+from dcca_jax.tagging import metrics
+from dcca_jax.tagging import recommend
+from dcca_jax.models.base import correlation_score_curve
 from dcca_jax.baselines import cca_knn, general_cca, jec
 
 # general CCA transfer variants ("general_cca+<variant>") -> their grid in config.transfer_grids
@@ -52,7 +54,7 @@ class Corel5kLabels:
 
 
 def load_corel5k_labels(root: str | os.PathLike) -> Corel5kLabels:
-    """The standard split's ids, label matrices and words, read by :func:`dcca_jax.datasets.load_corel5k`.
+    """The standard split's ids, label matrices and words, read by :func:`dcca_jax.data.datasets.load_corel5k`.
 
     Args:
       root: folder with ``corel5k_{train,test}_list.txt``, ``corel5k_{train,test}_annot.mat``,

@@ -2,8 +2,8 @@ r"""General CCA: linear CCA between the raw visual and semantic views, with kNN 
 
 The "general CCA" of the paper's Table 1 / Fig. 2 (DMFR&CCA): the visual features (optionally reduced by PCA
 first, which acts as a second regulariser besides the ridge) and the binary tag vectors are related by linear CCA
-(:func:`dcca_jax.cca.fit_linear_cca`); a test image is projected with the visual map and its tags are transferred
-from its neighbours in the common space (:mod:`dcca_jax.recommend`).  Canonical directions are nested, so a model
+(:func:`dcca_jax.models.cca.fit_linear_cca`); a test image is projected with the visual map and its tags are transferred
+from its neighbours in the common space (:mod:`dcca_jax.tagging.recommend`).  Canonical directions are nested, so a model
 fitted with k components also gives every smaller dimension by truncation (:func:`truncate`), which makes the
 choice of dimension on a validation split cheap.
 
@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import ml_collections
 from jax.typing import ArrayLike
 
-from dcca_jax import cca as cca_lib
-from dcca_jax import recommend
+from dcca_jax.models import cca as cca_lib
+from dcca_jax.tagging import recommend
 
 
 @dataclasses.dataclass(frozen=True)

@@ -338,7 +338,7 @@ def jec_transfer(distances: ArrayLike, train_labels: ArrayLike, *, n_tags: int =
 
     Returns:
       (n_q, V) float scores: transferred tags get decreasing positive scores in transfer order, all other tags
-      -inf (so :func:`dcca_jax.metrics.top_n_indicator` recommends exactly the transferred tags, fewer than
+      -inf (so :func:`dcca_jax.tagging.metrics.top_n_indicator` recommends exactly the transferred tags, fewer than
       ``n_tags`` when the neighbours have fewer distinct tags).
 
     References:

@@ -7,7 +7,7 @@ Views are two 2-D ``.npy`` files (memory-mapped; each process reads only its row
 global batch: it must be divisible by the number of devices of all processes together. Towers as in
 FINDINGS.md's best DCCA: residual over linear CCA, so training starts at linear CCA's correlations.
 """
-from dcca_jax.dcca import default_dcca_config
+from dcca_jax.models.dcca import default_dcca_config
 
 
 def get_config():

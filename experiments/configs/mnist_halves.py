@@ -11,8 +11,8 @@ import pathlib
 
 import ml_collections
 
-from dcca_jax.dcca import DeepCCA
-from dcca_jax.mnist import kcca_mnist_config
+from dcca_jax.models.dcca import DeepCCA
+from dcca_jax.data.mnist import kcca_mnist_config
 
 _SHARED = pathlib.Path(os.environ.get("DCCA_SHARED", pathlib.Path(__file__).resolve().parents[2] / "shared"))
 
@@ -26,7 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.run_linear = True
     c.linear_ridge = 1e-6
     c.run_kcca = True
-    c.kcca = kcca_mnist_config()  # the KernelCCA config given to dcca_jax.mnist.fit_kcca_mnist
+    c.kcca = kcca_mnist_config()  # the KernelCCA config given to dcca_jax.data.mnist.fit_kcca_mnist
     c.objectives = ("trace_norm", "top_k", "frobenius", "sum_squares", "eq6")
     d = DeepCCA.default_config()
     d.towers.visual_hidden = (1024, 1024)

@@ -9,7 +9,7 @@ Override on the command line, e.g. --config.semantic.representation=bag_of_words
 """
 import ml_collections
 
-from dcca_jax import deepwords
+from dcca_jax.semantic import deepwords
 
 
 def get_config() -> ml_collections.ConfigDict:

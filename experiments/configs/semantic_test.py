@@ -5,7 +5,7 @@ r"""Tiny semantic-view config for tests: a few skip-gram epochs, 8 deep words, o
 """
 import ml_collections
 
-from dcca_jax import deepwords
+from dcca_jax.semantic import deepwords
 
 
 def get_config() -> ml_collections.ConfigDict:

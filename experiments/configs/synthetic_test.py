@@ -4,7 +4,7 @@ r"""A tiny synthetic dataset for tests (40 images, 64x64).
 """
 import ml_collections
 
-from dcca_jax import synthetic
+from dcca_jax.data import synthetic
 
 
 def get_config() -> ml_collections.ConfigDict:

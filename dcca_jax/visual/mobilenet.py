@@ -210,7 +210,7 @@ class MobileNetV2(nn.Module):
 
         Args:
             x: ``(n, 224, 224, 3)`` images normalised as ``(u - 128) / 128`` (see
-                :func:`dcca_jax.images.normalise`).
+                :func:`dcca_jax.visual.images.normalise`).
             train: unused (the folded batch norm has no training mode); kept for the common API.
 
         Returns:

@@ -30,7 +30,7 @@ word is replaced by a similar colour (red/orange, blue/purple, white/yellow) wit
 vocabulary. The noise-free tags are written too (``truth.tsv``) for analysis; models must train on
 ``tags.tsv``.
 
-Output (:func:`generate`) is an image folder that :func:`dcca_jax.datasets.load_image_folder` reads::
+Output (:func:`generate`) is an image folder that :func:`dcca_jax.data.datasets.load_image_folder` reads::
 
     out/images/000000.png ...     RGB PNG, image_size x image_size
     out/tags.tsv                  "images/000000.png<TAB>tag tag ..." (noisy tags)
@@ -58,6 +58,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 __all__ = [
+    "correlated_views",
     "SCENES",
     "SHAPES",
     "COLOURS",
@@ -358,7 +359,7 @@ def generate(out_dir: str | os.PathLike, *, config: ml_collections.ConfigDict | 
       config: see :func:`default_config`.
 
     Returns:
-      The folder, ready for :func:`dcca_jax.datasets.load_image_folder`.
+      The folder, ready for :func:`dcca_jax.data.datasets.load_image_folder`.
     """
     cfg = default_config()
     if config is not None:
@@ -401,3 +402,36 @@ def generate(out_dir: str | os.PathLike, *, config: ml_collections.ConfigDict | 
     _write_atomic(out / "truth.tsv", "".join(f"{n}\t{' '.join(t)}\n" for n, t in zip(names, clean)))
     _write_atomic(out / "tags.tsv", "".join(f"{n}\t{' '.join(t)}\n" for n, t in zip(names, noisy)))
     return out
+
+# Paired numeric views with a known correlation structure (demos, tests and benchmarks of the models).
+
+
+def correlated_views(
+    n: int,
+    d_v: int,
+    d_s: int,
+    *,
+    latent: int = 20,
+    noise: float = 1.0,
+    nonlinear: bool = False,
+    seed: int = 0,
+    dtype=np.float64,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Two views driven by shared Gaussian latents plus independent noise.
+
+    ``x_v = z A + noise``, ``x_s = g(z) B + noise`` with ``g`` the identity, or (``nonlinear=True``)
+    an elementwise square, which linear CCA cannot capture but kernel and deep CCA can.
+
+    Returns:
+      ``(x_v (n, d_v), x_s (n, d_s))`` as numpy arrays of ``dtype``.
+    """
+    if min(n, d_v, d_s, latent) < 1:
+        raise ValueError(f"n, d_v, d_s and latent must be positive; got {n}, {d_v}, {d_s}, {latent}.")
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((n, latent))
+    a = rng.standard_normal((latent, d_v)) / np.sqrt(latent)
+    b = rng.standard_normal((latent, d_s)) / np.sqrt(latent)
+    g = (z**2 - 1.0) / np.sqrt(2.0) if nonlinear else z
+    x_v = z @ a + noise * rng.standard_normal((n, d_v))
+    x_s = g @ b + noise * rng.standard_normal((n, d_s))
+    return x_v.astype(dtype), x_s.astype(dtype)

@@ -222,7 +222,7 @@ def train_validation_split(split: Split, *, fraction: float, seed: int) -> tuple
 def _read_lines(path: pathlib.Path, *, errors: str = "strict") -> list[tuple[int, str]]:
     """(1-based line number, text without the newline) of every line; UTF-8 (a BOM is ignored)."""
     if not path.is_file():
-        raise ValueError(f"missing file {path}: see the layout in the dcca_jax.datasets docstring / BUILD.md.")
+        raise ValueError(f"missing file {path}: see the layout in the dcca_jax.data.datasets docstring / BUILD.md.")
     out = []
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):

@@ -32,7 +32,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from dcca_jax import images as images_lib
+from dcca_jax.visual import images as images_lib
 
 BACKBONES = ("mobilenet_v2", "alexnet")
 _CACHE_VERSION = 1
@@ -112,7 +112,7 @@ def build_backbone(config: ml_collections.ConfigDict, *, dtype=jnp.float32) -> B
     """
     name = config.backbone
     if name == "mobilenet_v2":
-        from dcca_jax import mobilenet
+        from dcca_jax.visual import mobilenet
 
         path = config.mobilenet_v2.tflite_path
         if not path:
@@ -126,7 +126,7 @@ def build_backbone(config: ml_collections.ConfigDict, *, dtype=jnp.float32) -> B
                         {"backbone": name, "weights_sha256": _file_digest(path), "emulate_uint8": emulate,
                          "dtype": jnp.dtype(dtype).name})
     if name == "alexnet":
-        from dcca_jax import alexnet
+        from dcca_jax.visual import alexnet
 
         path = config.alexnet.weights_path
         if not path:

@@ -6,7 +6,7 @@ Two layouts are supported:
 64-11x11/4 pad 2, 192-5x5 pad 2, 384-3x3, 256-3x3, 256-3x3 (pad 1), max pools 3/2 (floor) after conv 1, 2
 and 5, ``AdaptiveAvgPool2d(6)``, then fc6 (9216 -> 4096), fc7 (4096 -> 4096), fc8 (4096 -> 1000), with
 ReLU after every layer but fc8 and dropout before fc6 and fc7 (training only). Input 224x224 RGB with the
-torchvision ImageNet mean/std (:func:`dcca_jax.images.normalise` ``"alexnet"``).
+torchvision ImageNet mean/std (:func:`dcca_jax.visual.images.normalise` ``"alexnet"``).
 
 ``"caffe"`` (BVLC reference AlexNet, the two-GPU network of Krizhevsky et al. 2012 as released with Caffe):
 96-11x11/4 (no pad), LRN, pool; 256-5x5 pad 2 in 2 groups, LRN, pool; 384-3x3; 384-3x3 (2 groups);
@@ -283,7 +283,7 @@ def read_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
             raise ValueError(f"{path}: cannot read without pickle ({e}); re-save the arrays as plain numeric "
                              "arrays (np.savez) or safetensors") from e
     raise ValueError(f"{path}: unsupported weights format; use .npz or .safetensors (convert a PyTorch .pth with "
-                     "dcca_jax.alexnet.convert_torch_checkpoint)")
+                     "dcca_jax.visual.alexnet.convert_torch_checkpoint)")
 
 
 def load_alexnet(path: str | os.PathLike, *, layout: str = "torchvision",

@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 from jax.typing import ArrayLike
 
-from dcca_jax.base import CorrelationModel, correlation_score_curve, paired_correlations, register_model
+from dcca_jax.models.base import CorrelationModel, correlation_score_curve, paired_correlations, register_model
 from dcca_jax.linalg import as_float_array, check_views
 
 __all__ = [

@@ -12,7 +12,7 @@ With centred training kernels :math:`\tilde K_v, \tilde K_s` (``n x n``) and dua
 This is *exactly* linear CCA in the kernel's feature space with the ridge of Eq. 4: for a direction
 :math:`a = \tilde\Phi_v^\top\alpha`, :math:`a^\top(\Sigma_{vv} + r_vI)a` is the left-hand side above.
 Hence the linear kernel with ridge ``r`` gives the same correlations and projections as
-:func:`dcca_jax.cca.fit_linear_cca` with ridge ``r`` (tested), and the Nystrom / random-feature solvers,
+:func:`dcca_jax.models.cca.fit_linear_cca` with ridge ``r`` (tested), and the Nystrom / random-feature solvers,
 which build explicit features :math:`\Phi` with :math:`\Phi\Phi^\top \approx K`, are linear CCA on those
 features with the same ridges and converge to the exact solver as the number of features grows. It is
 Hardoon et al.'s regularisation :math:`(1-\tau)K^2 + \tau K` up to a per-view scale
@@ -42,7 +42,7 @@ Scalable solvers
 :math:`K(L, L) + \epsilon I = R^\top R`, so :math:`\Phi\Phi^\top = K_{XL}K_{LL}^{-1}K_{LX}` (Williams &
 Seeger 2001). ``"rff"`` (RBF only): :math:`\Phi = \sqrt{2/D}\cos(XW + b)`, :math:`W_{ij}\sim N(0,
 \sigma^{-2})`, :math:`b\sim U[0, 2\pi)` (Rahimi & Recht 2007). Both then call
-:func:`dcca_jax.cca.fit_linear_cca` on the features (whose centring is the feature-space centring of
+:func:`dcca_jax.models.cca.fit_linear_cca` on the features (whose centring is the feature-space centring of
 the approximate kernel). Memory ``O(n m)``; at ``n = 50,000`` and ``m = 4,000`` about 1.6 GB per view
 in float64.
 
@@ -64,8 +64,8 @@ import numpy as np
 from absl import logging
 from jax.typing import ArrayLike
 
-from dcca_jax.base import CorrelationModel, register_model
-from dcca_jax.cca import CCAParams, fit_linear_cca
+from dcca_jax.models.base import CorrelationModel, register_model
+from dcca_jax.models.cca import CCAParams, fit_linear_cca
 from dcca_jax.linalg import as_float_array, check_views
 
 __all__ = [

@@ -9,17 +9,17 @@ Training images go through (in this order, as torchvision's ImageNet recipe):
 3. colour jitter, in a random order of the three, each with a factor ``f ~ U(1 - j, 1 + j)``:
    brightness ``x' = f x``; contrast ``x' = f x + (1 - f) mean(grey(x))``; saturation
    ``x' = f x + (1 - f) grey(x)`` with ``grey = 0.299 R + 0.587 G + 0.114 B``; clipped to [0, 255];
-4. the network's normalisation (:func:`dcca_jax.images.normalise`).
+4. the network's normalisation (:func:`dcca_jax.visual.images.normalise`).
 
 Every random draw of image ``index`` in epoch ``epoch`` comes from ``numpy.random.default_rng([seed, epoch,
 index])``: the batches do not depend on the order in which threads run, and a resumed run sees exactly the
 batches the interrupted one would have seen.  Evaluation images get the deterministic geometry of
-:func:`dcca_jax.images.resize_and_crop` (shorter side to ``size / crop_fraction``, centre crop).
+:func:`dcca_jax.visual.images.resize_and_crop` (shorter side to ``size / crop_fraction``, centre crop).
 
-Decoding (JPEG -> uint8 RGB, EXIF orientation, colour mode; :func:`dcca_jax.images.to_rgb`) happens once per
+Decoding (JPEG -> uint8 RGB, EXIF orientation, colour mode; :func:`dcca_jax.visual.images.to_rgb`) happens once per
 image in :class:`DecodedImages`, which keeps the native-size arrays in memory (Corel5k: 5,000 images of
 192 x 128 pixels, 370 MB), so epochs do not re-decode JPEGs.  A missing or corrupt file raises
-:class:`dcca_jax.images.ImageLoadError` naming the file, or (``on_error="skip"``) is recorded in
+:class:`dcca_jax.visual.images.ImageLoadError` naming the file, or (``on_error="skip"``) is recorded in
 ``DecodedImages.failed`` and left out of ``DecodedImages.ok``.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ import ml_collections
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from dcca_jax.images import ImageLoadError, normalise, resize_and_crop, to_rgb
+from dcca_jax.visual.images import ImageLoadError, normalise, resize_and_crop, to_rgb
 
 __all__ = [
     "augment_config",

@@ -1,6 +1,6 @@
 r"""k-means in JAX: k-means++ seeding, restarts, empty-cluster re-seeding, jitted Lloyd iterations.
 
-Used by :mod:`dcca_jax.deepwords` to cluster skip-gram word vectors into the deep-textual-word vocabulary
+Used by :mod:`dcca_jax.semantic.deepwords` to cluster skip-gram word vectors into the deep-textual-word vocabulary
 (paper section 2), but generic: any ``(n, d)`` float array.
 
 Objective (the inertia, minimised):

@@ -38,8 +38,8 @@ import ml_collections
 import numpy as np
 from jax.typing import ArrayLike
 
-from dcca_jax import metrics
-from dcca_jax.base import paired_correlations
+from dcca_jax.tagging import metrics
+from dcca_jax.models.base import paired_correlations
 
 TRANSFER_METHODS = ("knn", "2pknn", "tag_ranking")
 VOTE_WEIGHTS = ("similarity", "uniform", "exp")
@@ -364,7 +364,7 @@ def recommend_top_n(scores: ArrayLike, *, n: int = 5) -> jax.Array:
 
 
 def recommend_indicator(scores: ArrayLike, *, n: int = 5) -> jax.Array:
-    """0/1 matrix (n_q, V) of the top-n tags, ready for :mod:`dcca_jax.metrics`."""
+    """0/1 matrix (n_q, V) of the top-n tags, ready for :mod:`dcca_jax.tagging.metrics`."""
     return metrics.top_n_indicator(scores, n=n)
 
 
@@ -378,7 +378,7 @@ def recommend_from_model(model: Any, query_v: ArrayLike, *, train_v: ArrayLike, 
     projections.
 
     Args:
-      model: a fitted :class:`dcca_jax.base.CorrelationModel` (CCA, KCCA, DCCA).
+      model: a fitted :class:`dcca_jax.models.base.CorrelationModel` (CCA, KCCA, DCCA).
       query_v: (n_q, d_v) visual features of the query images.
       train_v: (n_items, d_v) training visual features.
       train_s: (n_items, d_s) training semantic features.

@@ -1,7 +1,7 @@
 r"""The semantic view: deep textual words (paper section 2), raw bag of words, mean word vectors.
 
-Deep textual words. Skip-gram vectors of the training tags (:mod:`dcca_jax.skipgram`) are clustered with
-k-means (:mod:`dcca_jax.kmeans`); each cluster is one *deep word*. An annotation (a tag list) becomes the bag
+Deep textual words. Skip-gram vectors of the training tags (:mod:`dcca_jax.semantic.skipgram`) are clustered with
+k-means (:mod:`dcca_jax.semantic.kmeans`); each cluster is one *deep word*. An annotation (a tag list) becomes the bag
 of the deep words of its tags:
 
 .. math::
@@ -50,8 +50,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dcca_jax import kmeans as _kmeans
-from dcca_jax import skipgram as _skipgram
+from dcca_jax.semantic import kmeans as _kmeans
+from dcca_jax.semantic import skipgram as _skipgram
 
 __all__ = [
     "REPRESENTATIONS",
@@ -81,7 +81,7 @@ NORMS = ("l2", "l1", "none")
 def default_config() -> ml_collections.ConfigDict:
     """Semantic-view config.
 
-    Fields: representation (one of REPRESENTATIONS), skipgram (see :func:`dcca_jax.skipgram.default_config`),
+    Fields: representation (one of REPRESENTATIONS), skipgram (see :func:`dcca_jax.semantic.skipgram.default_config`),
     n_clusters (deep-word vocabulary size K), kmeans_n_init / kmeans_max_iter / kmeans_tol / kmeans_seed,
     normalize_vectors (L2-normalise word vectors before k-means, so clusters follow cosine similarity),
     weighting (WEIGHTINGS) and norm (NORMS) of the bag of deep words, baseline_norm (NORMS; normalisation of
@@ -235,7 +235,7 @@ def build_deep_words(
     Args:
       wv: word vectors of the training tags.
       n_clusters: K, 1 <= K <= number of words.
-      seed, n_init, max_iter, tol: k-means settings (:func:`dcca_jax.kmeans.kmeans`).
+      seed, n_init, max_iter, tol: k-means settings (:func:`dcca_jax.semantic.kmeans.kmeans`).
       normalize_vectors: L2-normalise the vectors first (cosine geometry, as word vectors are compared).
 
     Returns:
@@ -636,7 +636,7 @@ def export_semantic_view(
     deep words' member tags).
 
     Args:
-      dataset: a :class:`dcca_jax.datasets.Dataset` (its vocabulary gives the bag-of-words column order).
+      dataset: a :class:`dcca_jax.data.datasets.Dataset` (its vocabulary gives the bag-of-words column order).
       out_dir: destination folder (created).
       config: see :func:`default_config`.
 

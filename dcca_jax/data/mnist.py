@@ -4,7 +4,7 @@ Each 28 x 28 digit is split into its left 14 columns (view ``v``) and right 14 c
 392 pixels each, scaled to ``[0, 1]``. Models are fitted on the 60,000 training images (part of which is
 held out for hyperparameter selection) and scored by the *total canonical correlation* of their 50
 output dimensions on the 10,000 test images: the sum of the per-component Pearson correlations of the
-paired projections (:func:`dcca_jax.base.paired_correlations`). Published test totals (Andrew et al.
+paired projections (:func:`dcca_jax.models.base.paired_correlations`). Published test totals (Andrew et al.
 2013, Table 1): linear CCA 28.0, KCCA 33.0, DCCA 39.7.
 
 API for the experiment scripts:
@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from dcca_jax.kcca import KernelCCA
+from dcca_jax.models.kcca import KernelCCA
 
 __all__ = ["load_mnist_halves", "validation_split", "total_correlation", "kcca_mnist_config", "fit_kcca_mnist"]
 

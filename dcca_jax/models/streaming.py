@@ -25,8 +25,8 @@ import ml_collections
 import numpy as np
 from jax.typing import ArrayLike
 
-from dcca_jax.base import register_model
-from dcca_jax.cca import CCAParams, LinearCCA, _check_components, cca_from_covariances
+from dcca_jax.models.base import register_model
+from dcca_jax.models.cca import CCAParams, LinearCCA, _check_components, cca_from_covariances
 
 __all__ = [
     "CovarianceStats",
@@ -236,7 +236,7 @@ def stats_from_chunks(
     so ragged chunks reuse a few compiled programs. Memory: one chunk plus two ``(d, d)`` matrices.
 
     ``feature_map(x_v_chunk, x_s_chunk) -> (f_v, f_s)`` maps each chunk row-wise before its statistics
-    are taken (e.g. Nystrom or random Fourier features of ``dcca_jax.kcca``): linear CCA on the
+    are taken (e.g. Nystrom or random Fourier features of ``dcca_jax.models.kcca``): linear CCA on the
     statistics is then approximate kernel CCA in ``O(chunk * m + m^2)`` memory instead of ``O(n m)``.
 
     Raises:
@@ -364,7 +364,7 @@ def fit_from_stats(
     """Linear CCA (Eq. 4 covariances, Eq. 8 projections) from accumulated statistics.
 
     The solve runs in JAX's default float dtype (float64 under x64). Equal to
-    :func:`dcca_jax.cca.fit_linear_cca` on the same rows.
+    :func:`dcca_jax.models.cca.fit_linear_cca` on the same rows.
 
     Raises:
       ValueError: fewer than 2 rows, ``n_components`` out of range, negative ridges, or a singular
@@ -406,7 +406,7 @@ def fit_streaming_cca(
     dtype=None,
     feature_map: Callable | None = None,
 ) -> CCAParams:
-    r"""Linear CCA in bounded memory: the same result as :func:`dcca_jax.cca.fit_linear_cca`.
+    r"""Linear CCA in bounded memory: the same result as :func:`dcca_jax.models.cca.fit_linear_cca`.
 
     Give either both views (arrays, ``np.memmap``, or paths to ``.npy`` files, which are memory-mapped)
     or ``chunks``, an iterable of ``(x_v_chunk, x_s_chunk)`` pairs. Memory is
@@ -423,7 +423,7 @@ def fit_streaming_cca(
         then CCA of the mapped views (its means and projections live in feature space).
 
     Returns:
-      :class:`dcca_jax.cca.CCAParams`.
+      :class:`dcca_jax.models.cca.CCAParams`.
     """
     if chunks is not None:
         if x_v is not None or x_s is not None:
@@ -440,7 +440,7 @@ def fit_streaming_cca(
 
 @register_model
 class StreamingLinearCCA(LinearCCA):
-    """:class:`dcca_jax.cca.LinearCCA` fitted in bounded memory; ``fit`` also takes ``.npy`` paths.
+    """:class:`dcca_jax.models.cca.LinearCCA` fitted in bounded memory; ``fit`` also takes ``.npy`` paths.
 
     Config: ``n_components``, ``ridge_v``, ``ridge_s`` as ``LinearCCA``, plus ``chunk_size`` (rows per
     block). Saved models load as this class; transforms are those of ``LinearCCA``.

@@ -37,11 +37,11 @@ import optax
 from absl import logging
 from flax.training import train_state
 
-from dcca_jax.base import CorrelationModel, register_model
+from dcca_jax.models.base import CorrelationModel, register_model
 from dcca_jax.blas import limit_blas_threads
-from dcca_jax.cca import CCAParams, fit_linear_cca, project
+from dcca_jax.models.cca import CCAParams, fit_linear_cca, project
 from dcca_jax.objectives import OBJECTIVES, WHITENINGS, canonical_correlations, cca_loss
-from dcca_jax.towers import init_from_cca, make_tower
+from dcca_jax.models.towers import init_from_cca, make_tower
 
 __all__ = [
     "DeepCCA",
@@ -189,7 +189,7 @@ def make_train_step(tower_v: nn.Module, tower_s: nn.Module, config: ml_collectio
     decoupled decay.
 
     Args:
-      tower_v, tower_s: the two :mod:`dcca_jax.towers` modules.
+      tower_v, tower_s: the two :mod:`dcca_jax.models.towers` modules.
       config: a :meth:`DeepCCA.default_config`-style config.
 
     Returns:
