@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 
-import _scale_worker as W
+from tests import _scale_worker as W
 import jax
 import jax.numpy as jnp
 import numpy as np

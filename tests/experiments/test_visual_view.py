@@ -35,7 +35,7 @@ def _dataset(root):
 
 
 def test_pipeline_on_generated_images(tmp_path):
-    from test_alexnet import random_state_dict
+    from tests.visual.test_alexnet import random_state_dict
 
     ids = _dataset(tmp_path / "data")
     np.savez(tmp_path / "alex.npz", **random_state_dict("torchvision", 1 / 32, 6))
@@ -82,7 +82,7 @@ def test_corel5k_config_is_consistent():
     import importlib.util
     import pathlib
 
-    path = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "configs" / "extract_corel5k.py"
+    path = pathlib.Path(__file__).resolve().parents[2] / "experiments" / "configs" / "extract_corel5k.py"
     spec = importlib.util.spec_from_file_location("extract_corel5k", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

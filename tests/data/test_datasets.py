@@ -6,7 +6,7 @@ import pathlib
 import numpy as np
 import pytest
 import scipy.io
-from conftest import shared_path
+from tests.conftest import shared_path
 from PIL import Image
 
 from dcca_jax.data import datasets as ds

@@ -8,11 +8,11 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from conftest import shared_path
+from tests.conftest import shared_path
 from dcca_jax.tagging import metrics
 from dcca_jax.baselines import corel5k
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "experiments" / "configs"))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "experiments" / "configs"))
 import corel5k_baselines as study_config  # noqa: E402
 
 

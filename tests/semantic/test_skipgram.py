@@ -12,7 +12,7 @@ import pytest
 
 from dcca_jax.semantic import skipgram
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _corpus(seed=0, n=400):

@@ -1,7 +1,7 @@
 """MNIST halves loader and split (the fit itself is measured by experiments/kcca_mnist.py)."""
 import numpy as np
 import pytest
-from conftest import shared_path
+from tests.conftest import shared_path
 
 from dcca_jax.data import mnist
 

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import shared_path
+from tests.conftest import shared_path
 
 from dcca_jax.visual import images
 from dcca_jax.visual import mobilenet

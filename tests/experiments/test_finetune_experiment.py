@@ -3,7 +3,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import shared_path
+from tests.conftest import shared_path
 
 from dcca_jax import finetune_experiment
 from dcca_jax.tagging import metrics

@@ -12,7 +12,7 @@ import pytest
 
 from dcca_jax.data import datasets
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _run(args, tmp_path):

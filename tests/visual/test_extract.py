@@ -99,7 +99,7 @@ def test_cache_resume_after_interruption(image_files, tmp_path):
 
 def test_alexnet_backbone_through_config(image_files, tmp_path):
     from dcca_jax.visual import alexnet
-    from test_alexnet import np_alexnet, random_state_dict
+    from tests.visual.test_alexnet import np_alexnet, random_state_dict
 
     sd = random_state_dict("torchvision", 1 / 16, 5)
     np.savez(tmp_path / "a.npz", **sd)
