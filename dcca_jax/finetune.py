@@ -576,7 +576,8 @@ def validation_f1(config, model: FinetunedDCCA, fit_boundary, fit_tags, fit_labe
     z_val, _ = model.transform_boundary(val_boundary)
     items = z_fit_v if t["against"] == "visual" else z_fit_s
     scores = recommend.transfer_scores(z_val, items, fit_labels, config=t, correlations=model.correlations)
-    pred = metrics.top_n_indicator(scores, n=int(config.n_tags))
+    pred = recommend.recommend_indicator(scores, n=int(config.n_tags), prior=recommend.tag_prior(fit_labels),
+                                         fill=t["fill"])
     return metrics.to_python(metrics.evaluate(pred, val_labels)), np.asarray(scores)
 
 

@@ -497,14 +497,21 @@ class Pipeline:
         return out
 
     # ------------------------------------------------------------------------------- recommendations
-    def _evaluate(self, scores, truth, n_tags: int) -> dict:
-        pred = metrics_lib.top_n_indicator(scores, n=n_tags)
-        m = metrics_lib.to_python(metrics_lib.evaluate(pred, truth))
+    def _evaluate(self, scores, truth, n_tags: int, train_labels) -> dict:
+        """Metrics of the tags that :func:`rec_lib.select_tags` (the package's one top-n rule) picks."""
+        fill = self.config.recommend.get("fill", "prior")
+        prior = rec_lib.tag_prior(train_labels)
+        sel = rec_lib.select_tags(scores, n=n_tags, prior=prior, fill=fill)
+        m = metrics_lib.to_python(metrics_lib.evaluate(sel.indicator, truth))
+        from_prior = np.asarray(sel.from_prior)
+        m["tags/from_prior"] = int(from_prior.sum())
+        m["tags/images_with_prior_fill"] = int(from_prior.any(1).sum())
         curve = []
         for n in range(1, min(self.config.eval.ap_ar_max_tags, truth.shape[1]) + 1):
-            pi = metrics_lib.to_python(metrics_lib.per_image_metrics(metrics_lib.top_n_indicator(scores, n=n), truth))
+            ind = rec_lib.select_tags(scores, n=n, prior=prior, fill=fill).indicator
+            pi = metrics_lib.to_python(metrics_lib.per_image_metrics(ind, truth))
             curve.append({"n_tags": n, **pi})
-        return {"metrics": m, "ap_ar_curve": curve}
+        return {"metrics": m, "fill": fill, "n_tags": int(n_tags), "ap_ar_curve": curve}
 
     def recommend_with_model(self, name: str) -> dict:
         """DMFR&<model>: kNN label transfer in the model's common space; metrics on the test split."""
@@ -514,7 +521,8 @@ class Pipeline:
         _, scores = rec_lib.recommend_from_model(
             model, views.v["test"], train_v=views.v["train"], train_s=views.s["train"],
             train_labels=views.labels["train"], config=c, tag_s=sem["tags"])
-        return {"scores": np.asarray(scores), **self._evaluate(scores, views.labels["test"], int(c.n_tags))}
+        return {"scores": np.asarray(scores),
+                **self._evaluate(scores, views.labels["test"], int(c.n_tags), views.labels["train"])}
 
     def recommend_baseline(self, name: str) -> dict:
         """One baseline (``jec``, ``general_cca`` or ``cca_knn``) on the same split and rows."""
@@ -553,7 +561,7 @@ class Pipeline:
                 s_tr, tag_s = cca_knn_lib.mean_tag_vectors(lab_train, wv), wv
             _, scores = rec_lib.recommend_from_model(model, x_te, train_v=x_tr, train_s=s_tr, train_labels=lab_train,
                                                      config=g.transfer, tag_s=tag_s)
-        return {"scores": np.asarray(scores), **self._evaluate(scores, lab_test, n_tags)}
+        return {"scores": np.asarray(scores), **self._evaluate(scores, lab_test, n_tags, lab_train)}
 
     def stage_recommend(self) -> dict:
         """Table 2: every baseline and every DMFR&model, same test rows, both metric families."""

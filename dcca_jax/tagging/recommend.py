@@ -30,7 +30,7 @@ References:
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -303,6 +303,7 @@ def transfer_config() -> ml_collections.ConfigDict:
     c.freq_power = 0.0  # frequency-aware vote weighting exponent (0 = off)
     c.corr_power = 0.0  # CCA-KNN correlation-power scaling exponent (0 = off)
     c.n_tags = 5  # tags recommended per image
+    c.fill = "prior"  # places without a positive score: "prior" (most frequent training words) or "none"
     c.query_chunk = 1024
     c.item_chunk = 16384
     return c
@@ -355,17 +356,119 @@ def transfer_scores(query_z: ArrayLike, item_z: ArrayLike, item_labels: ArrayLik
     return scores
 
 
-def recommend_top_n(scores: ArrayLike, *, n: int = 5) -> jax.Array:
-    """Indices (n_q, n) of the n highest-scoring tags per image, best first (ties towards the lower index)."""
+FILL_RULES = ("prior", "none")
+
+
+class TagSelection(NamedTuple):
+    """The recommended tags of a batch of images (:func:`select_tags`).
+
+    Attributes:
+      indices: (n_q, n) int32 tag indices, best first; -1 marks an empty place (``fill="none"`` only).
+      indicator: (n_q, V) 0/1 float matrix of the same tags, ready for :mod:`dcca_jax.tagging.metrics`.
+      from_prior: (n_q, n) bool, True where the place was filled from the training tag prior because fewer
+        than n tags had a positive score.
+    """
+
+    indices: jax.Array
+    indicator: jax.Array
+    from_prior: jax.Array
+
+
+def tag_prior(train_labels: ArrayLike) -> jax.Array:
+    """The training tag prior: the number of training items carrying each word, ``(V,)`` float."""
+    y = jnp.asarray(train_labels)
+    if y.ndim != 2:
+        raise ValueError(f"train_labels must be an (n_items, V) 0/1 matrix, got shape {y.shape}")
+    return (y > 0).sum(0).astype(jnp.result_type(float))
+
+
+@functools.partial(jax.jit, static_argnames=("n", "fill"))
+def _select(scores, prior, *, n, fill):
+    s = jnp.where(jnp.isnan(scores), -jnp.inf, scores)
+    n_q, v = s.shape
+    # 0 = the most frequent word; equal frequencies keep word order (a stable sort).
+    prior_order = jnp.argsort(-prior, stable=True)
+    prior_rank = jnp.zeros(v, jnp.int32).at[prior_order].set(jnp.arange(v, dtype=jnp.int32))
+    # Score descending; ties (at the n-th place too) go to the more frequent word, never to the lower index.
+    order = jnp.lexsort((jnp.broadcast_to(prior_rank, s.shape), -s), axis=-1)[:, :n].astype(jnp.int32)
+    top = jnp.take_along_axis(s, order, axis=1)
+    evidence = top > 0  # a prefix of each row: positive scores sort first
+    n_ev = evidence.sum(1)
+    rows = jnp.arange(n_q)[:, None]
+    chosen = jnp.zeros((n_q, v), bool).at[rows, order].max(evidence)
+    places = jnp.arange(n, dtype=jnp.int32)[None, :]
+    if fill == "none":
+        idx = jnp.where(evidence, order, -1)
+        from_prior = jnp.zeros((n_q, n), bool)
+    else:
+        # The most frequent words not already chosen, in prior order, fill the places after the evidence.
+        free = ~chosen[:, prior_order]  # (n_q, V), columns in prior order
+        pos = jnp.where(free, jnp.arange(v, dtype=jnp.int32)[None, :], v)
+        first_free = jnp.sort(pos, axis=1)[:, :n]  # positions (in prior order) of the first n free words
+        fill_idx = prior_order[jnp.minimum(first_free, v - 1)]
+        k = jnp.clip(places - n_ev[:, None], 0, n - 1)
+        from_prior = places >= n_ev[:, None]
+        idx = jnp.where(from_prior, jnp.take_along_axis(fill_idx, k, axis=1), order)
+    ok = idx >= 0
+    indicator = jnp.zeros((n_q, v), jnp.result_type(float)).at[rows, jnp.maximum(idx, 0)].max(ok.astype(float))
+    return idx, indicator, from_prior
+
+
+def select_tags(scores: ArrayLike, *, n: int, prior: ArrayLike | None, fill: str = "prior",
+                row_chunk: int = 8192) -> TagSelection:
+    r"""The one top-n rule of the package: the n tags recommended for each image.
+
+    1. Tags with a positive score, highest first. Ties, at the n-th place too, go to the tag with the larger
+       training prior (more frequent word), never to the lower word index.
+    2. When fewer than n tags have a positive score (the neighbours' votes cover fewer than n words, JEC's
+       transfer ran out of candidates, a cosine is <= 0), the remaining places are filled from the training tag
+       prior, most frequent first, skipping words already chosen (``fill="prior"``), or left empty
+       (``fill="none"``: fewer than n tags). The filled places are marked in ``from_prior`` so results can
+       count them.
+
+    Scores of -inf or NaN are never evidence. Every method (kNN, 2PKNN, tag ranking, JEC, general CCA,
+    CCA-KNN, DCCA from pixels, the tagger) goes through this function.
+
+    Args:
+      scores: (n_q, V) tag scores, higher is better.
+      n: tags per image, 1 <= n <= V.
+      prior: (V,) training tag counts (:func:`tag_prior`); None means a flat prior (ties by word index and
+        fill in word order, the pre-0.2 behaviour; for tests and ablations only).
+      fill: ``"prior"`` or ``"none"``.
+      row_chunk: rows per jitted call (bounds the (rows, V) sort buffers).
+
+    Returns:
+      A :class:`TagSelection`.
+    """
     s = jnp.asarray(scores)
-    if not 0 < n <= s.shape[-1]:
-        raise ValueError(f"n={n} must lie in [1, V={s.shape[-1]}]")
-    return jax.lax.top_k(s, n)[1]
+    if s.ndim != 2:
+        raise ValueError(f"scores must be an (n_images, V) matrix, got shape {s.shape}")
+    v = s.shape[1]
+    if not 0 < n <= v:
+        raise ValueError(f"n={n} tags per image must lie in [1, V={v}] (scores {s.shape}); "
+                         f"set --config.recommend.n_tags to at most {v}")
+    if fill not in FILL_RULES:
+        raise ValueError(f"fill must be one of {FILL_RULES}, got {fill!r}")
+    p = jnp.zeros(v) if prior is None else jnp.asarray(prior, jnp.result_type(float))
+    if p.shape != (v,):
+        raise ValueError(f"prior {p.shape} must have one entry per word of scores {s.shape}")
+    if not jnp.issubdtype(s.dtype, jnp.floating):
+        s = s.astype(jnp.result_type(float))
+    parts = [_select(s[i:i + row_chunk], p, n=int(n), fill=fill) for i in range(0, max(s.shape[0], 1), row_chunk)]
+    if s.shape[0] == 0:
+        return TagSelection(jnp.zeros((0, n), jnp.int32), jnp.zeros((0, v)), jnp.zeros((0, n), bool))
+    return TagSelection(*(jnp.concatenate(x, axis=0) for x in zip(*parts)))
 
 
-def recommend_indicator(scores: ArrayLike, *, n: int = 5) -> jax.Array:
-    """0/1 matrix (n_q, V) of the top-n tags, ready for :mod:`dcca_jax.tagging.metrics`."""
-    return metrics.top_n_indicator(scores, n=n)
+def recommend_top_n(scores: ArrayLike, *, n: int = 5, prior: ArrayLike | None = None, fill: str = "prior") -> jax.Array:
+    """Indices (n_q, n) of the recommended tags, best first, by :func:`select_tags`."""
+    return select_tags(scores, n=n, prior=prior, fill=fill).indices
+
+
+def recommend_indicator(scores: ArrayLike, *, n: int = 5, prior: ArrayLike | None = None,
+                        fill: str = "prior") -> jax.Array:
+    """0/1 matrix (n_q, V) of the recommended tags (:func:`select_tags`), ready for :mod:`dcca_jax.tagging.metrics`."""
+    return select_tags(scores, n=n, prior=prior, fill=fill).indicator
 
 
 def recommend_from_model(model: Any, query_v: ArrayLike, *, train_v: ArrayLike, train_s: ArrayLike,
@@ -401,5 +504,6 @@ def recommend_from_model(model: Any, query_v: ArrayLike, *, train_v: ArrayLike, 
         corr = paired_correlations(zv, zs) if corr is None else corr
     tag_z = model.transform(x_s=tag_s)[1] if c["method"] == "tag_ranking" and tag_s is not None else None
     scores = transfer_scores(zq, items, train_labels, config=c, correlations=corr, tag_z=tag_z)
-    return recommend_top_n(scores, n=int(c["n_tags"])), scores
+    top = recommend_top_n(scores, n=int(c["n_tags"]), prior=tag_prior(train_labels), fill=c["fill"])
+    return top, scores
 

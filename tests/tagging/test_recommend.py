@@ -179,9 +179,88 @@ def test_recommend_from_model_matches_manual_projection():
     want = recommend.transfer_scores(xq @ model.a, xs @ model.b, xs, config=cfg)
     np.testing.assert_allclose(scores, want)
     assert idx.shape == (7, 2)
-    np.testing.assert_array_equal(idx, np.argsort(-np.asarray(want), axis=1, kind="stable")[:, :2])
+    # The package's one top-n rule: ties and empty places follow the training tag prior.
+    want_idx, _ = _select_oracle(np.asarray(want), (xs > 0).sum(0), 2, "prior")
+    np.testing.assert_array_equal(idx, want_idx)
 
 
 def test_unknown_method_is_named():
     with pytest.raises(ValueError, match="'bogus'"):
         recommend.transfer_scores(np.ones((2, 2)), np.ones((3, 2)), np.ones((3, 2)), config={"method": "bogus"})
+
+
+# ------------------------------------------------------------------------------------ the one top-n rule
+
+def _select_oracle(scores, prior, n, fill):
+    """Direct Python statement of the rule: positive scores by (score, prior, -index), then the prior."""
+    out, flags = [], []
+    for row in np.asarray(scores, float):
+        cand = [w for w in range(len(row)) if np.isfinite(row[w]) and row[w] > 0]
+        # stable prior order: larger prior first, then lower index
+        prior_rank = {w: r for r, w in enumerate(sorted(range(len(row)), key=lambda w: (-prior[w], w)))}
+        cand.sort(key=lambda w: (-row[w], prior_rank[w]))
+        picks = cand[:n]
+        f = [False] * len(picks)
+        if fill == "prior":
+            for w in sorted(range(len(row)), key=lambda w: prior_rank[w]):
+                if len(picks) == n:
+                    break
+                if w not in picks:
+                    picks.append(w)
+                    f.append(True)
+        out.append(picks + [-1] * (n - len(picks)))
+        flags.append(f + [False] * (n - len(f)))
+    return np.array(out), np.array(flags)
+
+
+def test_select_tags_fills_from_the_prior_when_votes_cover_fewer_than_n():
+    # Two neighbours vote for words 0 and 3 only; n = 4: two places come from the prior, most frequent first
+    # (word 4, then word 1; word 3 is already chosen and is skipped).
+    scores = np.array([[0.5, 0.0, 0.0, 0.9, 0.0, 0.0]])
+    prior = np.array([1.0, 5.0, 3.0, 7.0, 9.0, 0.0])
+    sel = recommend.select_tags(scores, n=4, prior=prior)
+    np.testing.assert_array_equal(sel.indices, [[3, 0, 4, 1]])
+    np.testing.assert_array_equal(sel.from_prior, [[False, False, True, True]])
+    np.testing.assert_array_equal(sel.indicator, [[1, 1, 0, 1, 1, 0]])
+    # The old rule (plain top-k) would have padded with the lowest-index zero-score words 1 and 2.
+    none = recommend.select_tags(scores, n=4, prior=prior, fill="none")
+    np.testing.assert_array_equal(none.indices, [[3, 0, -1, -1]])
+    np.testing.assert_array_equal(none.indicator.sum(), 2)
+
+
+def test_select_tags_breaks_ties_by_the_prior_not_the_word_index():
+    # Words 0, 2 and 5 tie for the last place; the most frequent of them (5) wins, not word 0.
+    scores = np.array([[0.2, 0.9, 0.2, 0.0, 0.0, 0.2]])
+    prior = np.array([2.0, 1.0, 3.0, 0.0, 0.0, 8.0])
+    np.testing.assert_array_equal(recommend.select_tags(scores, n=2, prior=prior).indices, [[1, 5]])
+
+
+def test_select_tags_never_uses_minus_inf_or_nan_as_evidence():
+    scores = np.array([[-np.inf, 3.0, np.nan, -1.0]])
+    sel = recommend.select_tags(scores, n=3, prior=np.array([4.0, 1.0, 3.0, 2.0]))
+    np.testing.assert_array_equal(sel.indices, [[1, 0, 2]])
+    np.testing.assert_array_equal(sel.from_prior, [[False, True, True]])
+
+
+@pytest.mark.parametrize("fill", ["prior", "none"])
+def test_select_tags_matches_a_direct_oracle_on_tied_random_scores(fill):
+    rng = np.random.default_rng(0)
+    scores = rng.integers(-1, 3, size=(60, 9)).astype(float)  # many ties and many non-positive rows
+    scores[rng.random(scores.shape) < 0.1] = -np.inf
+    prior = rng.integers(0, 4, size=9).astype(float)  # tied priors too
+    for n in (1, 3, 9):
+        want_idx, want_flags = _select_oracle(scores, prior, n, fill)
+        sel = recommend.select_tags(scores, n=n, prior=prior, fill=fill, row_chunk=16)
+        np.testing.assert_array_equal(sel.indices, want_idx)
+        np.testing.assert_array_equal(sel.from_prior, want_flags)
+        ind = np.zeros_like(scores)
+        for r, row in enumerate(want_idx):
+            ind[r, row[row >= 0]] = 1
+        np.testing.assert_array_equal(sel.indicator, ind)
+
+
+def test_select_tags_rejects_bad_sizes():
+    with pytest.raises(ValueError, match="n_tags"):
+        recommend.select_tags(np.zeros((2, 3)), n=4, prior=None)
+    with pytest.raises(ValueError, match="prior"):
+        recommend.select_tags(np.zeros((2, 3)), n=2, prior=np.ones(4))
