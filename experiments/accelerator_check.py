@@ -349,7 +349,7 @@ def check_dcca_mnist():
         source = "MNIST halves"
     elif _TINY.value:
         from dcca_jax.data.synthetic import correlated_views
-        x_v, x_s = correlated_views(3000, 392, 392, latent=20, nonlinear=True, seed=0, dtype=np.float32)
+        x_v, x_s = correlated_views(3000, 392, 392, latent=10, noise=0.5, seed=0, dtype=np.float32)
         d = {"train_v": x_v[:2000], "train_s": x_s[:2000], "test_v": x_v[2000:], "test_s": x_s[2000:]}
         source = "stand-in (correlated_views, 392 x 392)"
     else:
