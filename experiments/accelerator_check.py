@@ -192,7 +192,7 @@ def check_matmul():
     with jax.default_matmul_precision("highest"):
         f32_highest = _matmul_rate(n, jnp.float32)
     return {"n": n, "float32_tflops": f32, "float32_highest_tflops": f32_highest, "bfloat16_tflops": bf16,
-            "summary": f"{n}^3: float32 {f32:.1f} (precision highest {f32_highest:.1f}), bfloat16 {bf16:.1f} TFLOP/s"}
+            "summary": f"{n}^3: float32 {f32:.3g} (precision highest {f32_highest:.3g}), bfloat16 {bf16:.3g} TFLOP/s"}
 
 
 def check_objectives():
@@ -380,8 +380,8 @@ def check_dcca_mnist():
             "steps_per_epoch": steps, "epoch_tflop": epoch_flops / 1e12, "matmul_n": mm_n, "rows": rows,
             "bf16_speedup": f["s_per_epoch"] / b["s_per_epoch"],
             "summary": f"{source}, {epochs} epochs: float32 {f['s_per_epoch']:.3f} s/epoch ({f['pct_of_matmul']:.1f}% of "
-                       f"{f['matmul_tflops']:.1f} TFLOP/s), bf16 {b['s_per_epoch']:.3f} s/epoch ({b['pct_of_matmul']:.1f}% "
-                       f"of {b['matmul_tflops']:.1f}); held-out total corr. {f['test_total_corr']:.2f} vs "
+                       f"{f['matmul_tflops']:.3g} TFLOP/s), bf16 {b['s_per_epoch']:.3f} s/epoch ({b['pct_of_matmul']:.1f}% "
+                       f"of {b['matmul_tflops']:.3g}); held-out total corr. {f['test_total_corr']:.2f} vs "
                        f"{b['test_total_corr']:.2f} (bf16)"}
 
 
@@ -687,7 +687,8 @@ def _markdown(r: dict) -> str:
     lines = [f"# Accelerator check: {r['device']['kind']} ({r['device']['backend']}, {r['device']['count']} device(s))",
              "", f"`{r['command']}`", "",
              f"jax {r['device'].get('jax')}, {r['started']}; total {r['total_s']:.0f} s of a {r['budget_s']:.0f} s budget; "
-             f"install: {r['install']}; data: {r['data']}", "",
+             f"install: {r['install']}; data: {r['data']}; load average {r['loadavg_start'][0]} at the start, "
+             f"{r['loadavg_now'][0]} at the end, {r['cpus']} CPUs", "",
              "| check | status | seconds | result |", "|---|---|---:|---|"]
     for name, c in r["checks"].items():
         res = c.get("result", {}).get("summary") if c["status"] == "passed" else c.get("error", "")
@@ -802,7 +803,8 @@ def main(argv):
               "command": " ".join(["python", "experiments/accelerator_check.py"] + sys.argv[1:]),
               "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "budget_s": budget, "caps_s": caps, "tolerances": TOLERANCES, "host": platform.node(),
-              "cpus": os.cpu_count(), "checks": {}, "total_s": 0.0}
+              "cpus": os.cpu_count(), "loadavg_start": [round(x, 1) for x in os.getloadavg()], "checks": {},
+              "total_s": 0.0}
     prev = out_dir / f"{name}.json"
     if _ONLY.value and prev.exists():  # a rerun of some checks keeps the others' results
         with contextlib.suppress(Exception):
@@ -816,6 +818,7 @@ def main(argv):
 
     def save():
         result["total_s"] = time.time() - t_start
+        result["loadavg_now"] = [round(x, 1) for x in os.getloadavg()]
         _write(result, out_dir, name)
 
     save()
