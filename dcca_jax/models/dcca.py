@@ -37,7 +37,7 @@ from flax.training import train_state
 from dcca_jax.models.base import CorrelationModel, register_model
 from dcca_jax.blas import limit_blas_threads
 from dcca_jax.models.cca import CCAParams, fit_linear_cca, project
-from dcca_jax.objectives import OBJECTIVES, WHITENINGS, canonical_correlations, cca_loss
+from dcca_jax.objectives import DEFAULT_WHITENING, OBJECTIVES, WHITENINGS, canonical_correlations, cca_loss
 from dcca_jax.models.towers import init_from_cca, make_tower
 from dcca_jax.training import (METRICS_FILE, Checkpoints, EarlyStopping, MetricsWriter, NonFiniteLossError,
                                check_finite, fingerprint, validation_split)
@@ -86,7 +86,7 @@ def default_dcca_config() -> ml_collections.ConfigDict:
     c.k = placeholder(int)
     c.ridge_v = 1e-4
     c.ridge_s = 1e-4
-    c.whitening = "cholesky"
+    c.whitening = DEFAULT_WHITENING
     c.n_components = placeholder(int)
     c.final_cca_ridge = placeholder(float)
     c.optimizer = "adam"

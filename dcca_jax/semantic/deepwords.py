@@ -40,7 +40,6 @@ import json
 import logging
 import os
 import pathlib
-import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -50,6 +49,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from dcca_jax._io import atomic_save_npy
 from dcca_jax.semantic import kmeans as _kmeans
 from dcca_jax.semantic import skipgram as _skipgram
 
@@ -613,17 +613,6 @@ def semantic_view(
     return SemanticView(outs[0], tuple(outs[1:]), enc, tuple(reports))
 
 
-def _save_npy_atomic(path: pathlib.Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
-    os.close(fd)
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def export_semantic_view(
@@ -652,7 +641,7 @@ def export_semantic_view(
     )
     seconds = time.perf_counter() - t0
     for name, m in zip(names, (view.train, *view.others)):
-        _save_npy_atomic(out / f"semantic_{name}.npy", np.asarray(m))
+        atomic_save_npy(out / f"semantic_{name}.npy", np.asarray(m))
     view.encoder.save(out / "semantic_encoder")
     report: dict[str, Any] = {
         "dataset": dataset.name,

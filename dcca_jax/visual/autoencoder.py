@@ -34,7 +34,7 @@ import optax
 from absl import logging
 from flax.training import train_state
 
-from dcca_jax import _io
+from dcca_jax._io import atomic_save_npz, atomic_write_json
 from dcca_jax.training import METRICS_FILE, Checkpoints, EarlyStopping, MetricsWriter, check_finite, fingerprint
 
 ACTIVATIONS = {"relu": nn.relu, "tanh": jnp.tanh, "sigmoid": nn.sigmoid, "gelu": nn.gelu, "elu": nn.elu,
@@ -176,10 +176,10 @@ class TrainedAutoEncoder:
                 for kp, v in jax.tree_util.tree_flatten_with_path(self.params)[0]}
         arrays = {f"params/{k}": v for k, v in flat.items()}
         arrays.update(mean=self.mean, scale=self.scale)
-        _io.atomic_save_npz(os.path.join(path, "arrays.npz"), **arrays)
+        atomic_save_npz(os.path.join(path, "arrays.npz"), **arrays)
         meta = {"config": self.config.to_dict(), "history": self.history, "best_epoch": self.best_epoch}
         meta["config"]["hidden_sizes"] = list(self.config.hidden_sizes)
-        _io.atomic_write_json(os.path.join(path, "config.json"), meta, indent=1)
+        atomic_write_json(os.path.join(path, "config.json"), meta, indent=1)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TrainedAutoEncoder":
