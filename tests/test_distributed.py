@@ -173,6 +173,21 @@ def test_two_processes_equal_one_process(tmp_path, single_device_reference):
     # Each process extracted features of its own 20 images.
     want = np.asarray(W.conv_net(W.conv_params(), jnp.asarray(W.images(40))))
     np.testing.assert_allclose(np.concatenate([parts[0]["feats"], parts[1]["feats"]]), want, atol=1e-12)
+    # The data-parallel fit returned the same DeepCCA on both processes; its final CCA (Eq. 8) is the CCA of the
+    # kept towers' outputs on both processes' training rows, its best held-out correlation that of both
+    # processes' held-out rows (each process held out the same seeded rows of its half).
+    from dcca_jax.models.base import load_model
+    from dcca_jax.training import validation_split
+
+    np.testing.assert_array_equal(parts[0]["fit_correlations"], parts[1]["fit_correlations"])
+    model = load_model(f"{out}.0.model")
+    fit, val = validation_split(48, n_val=12, seed=0)
+    fit, val = np.concatenate([fit, fit + 48]), np.concatenate([val, val + 48])
+    h_v, h_s = (np.asarray(h) for h in model.tower_outputs(x_v[fit], x_s[fit]))
+    np.testing.assert_allclose(parts[0]["fit_correlations"], _numpy_cca_correlations(h_v, h_s), rtol=1e-10)
+    h_v, h_s = (np.asarray(h) for h in model.tower_outputs(x_v[val], x_s[val]))
+    best = int(np.argmax(parts[0]["val_corr"]))
+    assert np.sum(_numpy_cca_correlations(h_v, h_s)) == pytest.approx(parts[0]["val_corr"][best], rel=1e-10)
 
 
 # ------------------------------------------------------------------------------- in-process checks

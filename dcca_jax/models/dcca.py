@@ -34,6 +34,7 @@ import optax
 from absl import logging
 from flax.training import train_state
 
+from dcca_jax._io import atomic_write_text
 from dcca_jax.models.base import CorrelationModel, register_model
 from dcca_jax.blas import limit_blas_threads
 from dcca_jax.models.cca import CCAParams, fit_linear_cca, project
@@ -678,7 +679,7 @@ class DeepCCA(CorrelationModel):
         self.history = []
 
     def _save_extra(self, path: pathlib.Path) -> None:
-        (path / "history.json").write_text(json.dumps(getattr(self, "history", []), indent=1))
+        atomic_write_text(path / "history.json", json.dumps(getattr(self, "history", []), indent=1))
 
     def _load_extra(self, path: pathlib.Path) -> None:
         f = path / "history.json"

@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dcca_jax._io import atomic_save_npy
+from dcca_jax._io import atomic_save_npy, atomic_save_npz, atomic_write_text
 from dcca_jax.semantic import kmeans as _kmeans
 from dcca_jax.semantic import skipgram as _skipgram
 
@@ -473,8 +473,8 @@ class SemanticEncoder:
             )
         if self.idf is not None:
             arrays["idf"] = self.idf
-        np.savez(path / "arrays.npz", **arrays)
-        (path / "config.json").write_text(json.dumps({"format": "dcca_jax.semantic_encoder.v1",
+        atomic_save_npz(path / "arrays.npz", **arrays)
+        atomic_write_text(path / "config.json", json.dumps({"format": "dcca_jax.semantic_encoder.v1",
                                                       "config": self.config.to_dict()}, indent=2, sort_keys=True))
         return path
 
@@ -656,5 +656,5 @@ def export_semantic_view(
         dwv = view.encoder.deep_words
         report["deep_words"] = [dwv.members(k) for k in range(dwv.n_clusters)]
         report["kmeans_inertia"] = dwv.inertia
-    (out / "semantic_report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    atomic_write_text(out / "semantic_report.json", json.dumps(report, indent=2, ensure_ascii=False))
     return report
