@@ -3,7 +3,7 @@
 Pipeline: a background thread decodes and crops images (Pillow releases the GIL while decoding) into a
 small queue while the main thread runs the jitted network on fixed-shape batches (the last batch is padded,
 so XLA compiles once). Features are written in shards of ``shard_size`` images to ``cache_dir`` as
-``shard_NNNNN.npy`` (+ ``shard_NNNNN.failed.json``), each written to a temporary name then ``os.replace``-d,
+``shard_NNNNN.npy`` (+ ``shard_NNNNN.failed.json``), each written atomically (:mod:`dcca_jax._io`),
 so an interrupted run leaves only complete shards; rerunning with the same inputs skips them. ``index.json``
 fingerprints the job (backbone, weights, preprocessing, the path list); a cache made for a different job is
 refused rather than silently mixed.
