@@ -19,10 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import math
 import os
-import pathlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +36,7 @@ from jax.sharding import PartitionSpec as P
 
 from dcca_jax.linalg import check_views
 from dcca_jax.models.streaming import CovarianceStats, empty_stats, merge_stats
+from dcca_jax.training import EarlyStopping, MetricsWriter, check_finite, validation_split
 
 __all__ = [
     "DATA_AXIS",
@@ -507,6 +505,23 @@ def _equal_local_rows(n_local: int) -> None:
         )
 
 
+def _host(tree: Any) -> Any:
+    """Host (numpy) copies of replicated arrays, in one process or many (each process reads its own replica)."""
+    def get(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(x.addressable_data(0))
+        return np.asarray(x) if isinstance(x, jax.Array) else x
+
+    return jax.tree.map(get, tree)
+
+
+def _all_rows(h: jax.Array) -> np.ndarray:
+    """Every process's rows of a per-process array, concatenated in process order (the array itself in one)."""
+    if jax.process_count() == 1:
+        return np.asarray(h)
+    return np.asarray(multihost_utils.process_allgather(np.asarray(h), tiled=True))
+
+
 def fit_dcca_data_parallel(
     x_v,
     x_s,
@@ -514,9 +529,10 @@ def fit_dcca_data_parallel(
     mesh: Mesh,
     *,
     policy: str | PrecisionPolicy | None = None,
+    validation=None,
     metrics_path: str | os.PathLike | None = None,
 ):
-    r"""Trains DCCA (Eq. 3-7) data-parallel over ``mesh``, on one host or many.
+    r"""Trains DCCA (Eq. 3-8) data-parallel over ``mesh``, on one host or many; returns a fitted ``DeepCCA``.
 
     Each process passes *its own* rows (numpy arrays or ``np.memmap`` slices, the same number on every
     process); ``config.batch_size`` is the *global* batch, split evenly over processes and devices, so
@@ -525,45 +541,80 @@ def fit_dcca_data_parallel(
     start at a linear CCA fitted by streaming statistics merged over all processes
     (:func:`allreduce_stats`), i.e. on all the training rows.
 
+    As :meth:`dcca_jax.models.dcca.DeepCCA.fit`: a held-out part (``validation``, or a seeded
+    ``validation_fraction`` of each process's rows, :func:`dcca_jax.training.validation_split`) scores every
+    epoch by the total canonical correlation of the towers' outputs over all processes' held-out rows; the
+    parameters of the best epoch are kept and training stops after ``patience`` epochs without improvement;
+    finally a linear CCA on the towers' outputs for all the training rows gives the projections of Eq. 8.
+    Evaluation (held-out correlation, final CCA, the returned model) runs the towers in the config's
+    ``dtype``, also when training used a precision ``policy``.
+
     Args:
       x_v: ``(n_local, d_v)`` this process's visual rows.
       x_s: ``(n_local, d_s)`` the paired semantic rows.
       config: :func:`dcca_jax.models.dcca.default_dcca_config` (Adam only; ``epochs``, ``batch_size``,
-        ``learning_rate``, ``seed``, ``dtype``, towers, objective and ridges are used).
+        ``learning_rate``, ``seed``, ``dtype``, ``patience``, ``validation_fraction``, towers, objective and
+        ridges are used).
       mesh: :func:`make_mesh` over all processes' devices.
       policy: optional precision policy (:func:`with_precision`), e.g. ``"bfloat16"``.
+      validation: ``(v_v, v_s)`` this process's held-out rows (instead of a ``validation_fraction`` split).
       metrics_path: JSON-lines file, one record per epoch, written by process 0.
 
     Returns:
-      ``(state, history)``: the replicated ``DCCATrainState`` and the per-epoch records
-      (``epoch``, ``objective`` = mean batch objective, ``seconds``, ``samples_per_s``).
+      A fitted :class:`dcca_jax.models.dcca.DeepCCA` (``transform``, ``score``, ``save`` as after ``fit``);
+      ``history`` holds the per-epoch records (``epoch``, ``objective`` = mean batch objective, ``val_corr``,
+      ``seconds``, ``samples_per_s``, ``steps``), ``best_step`` the step whose parameters are kept.
 
     Raises:
       ValueError: L-BFGS, a global batch not divisible over processes and devices, unequal rows per
         process, or fewer rows than one batch.
-      dcca_jax.models.dcca.NonFiniteLossError: the loss became NaN/inf (with advice).
+      dcca_jax.training.NonFiniteLossError: the loss or the held-out correlation became NaN/inf (with advice).
     """
     from dcca_jax.models import dcca
     from dcca_jax.models.streaming import fit_from_stats, stats_from_arrays
     from dcca_jax.models.towers import init_from_cca, make_tower
 
-    c = config
+    t_start = time.perf_counter()
+    model = dcca.DeepCCA(config)
+    c = model.config
     if c.optimizer != "adam":
         raise ValueError(f"fit_dcca_data_parallel trains with minibatch Adam; got optimizer={c.optimizer!r}.")
     if x_v.shape[0] != x_s.shape[0]:
         raise ValueError(f"x_v and x_s must have the same number of rows; got shapes {x_v.shape} and {x_s.shape}.")
     n_local = int(x_v.shape[0])
     _equal_local_rows(n_local)
+    dt = dcca.DTYPES[c.dtype]
+    # The held-out part: every process holds the same number of rows, so every process splits off as many.
+    rows = None
+    val = None
+    if validation is not None:
+        val = tuple(np.asarray(v, dt) for v in validation)
+        if val[0].shape[0] != val[1].shape[0] or val[0].shape[1] != x_v.shape[1] or val[1].shape[1] != x_s.shape[1]:
+            raise ValueError(f"validation views have shapes {val[0].shape}, {val[1].shape}; the training views have "
+                             f"{x_v.shape}, {x_s.shape} (rows must pair up, feature counts must match).")
+        _equal_local_rows(val[0].shape[0])
+    else:
+        n_val = int(round(float(c.validation_fraction) * n_local))
+        if n_val:
+            rows, val_idx = validation_split(n_local, n_val=n_val, seed=int(c.seed))
+            val = (np.asarray(x_v[val_idx], dt), np.asarray(x_s[val_idx], dt))
+    if val is not None:
+        model.check_validation_size(val[0].shape[0] * jax.process_count())
+    n_fit = n_local if rows is None else len(rows)
+    if rows is None:
+        rows = np.arange(n_local)
+        fit_v, fit_s = x_v, x_s
+    else:
+        fit_v, fit_s = np.asarray(x_v[rows]), np.asarray(x_s[rows])
     procs = jax.process_count()
     devices = _axis_size(mesh, DATA_AXIS)
     bs = int(c.batch_size)
     if bs % devices or bs % procs:
         raise ValueError(f"batch_size={bs} must be divisible by the {devices} data-parallel devices ({procs} processes).")
     local_bs = bs // procs
-    steps = n_local // local_bs
+    steps = n_fit // local_bs
     if steps < 1:
-        raise ValueError(f"each process holds {n_local} rows, fewer than its share {local_bs} of batch_size={bs}.")
-    dt = dcca.DTYPES[c.dtype]
+        raise ValueError(f"each process holds {n_fit} rows, fewer than its share {local_bs} of batch_size={bs}.")
     t = c.towers
     kw = dict(out_dim=t.out_dim, activation=t.activation, batch_norm=t.batch_norm, dropout=t.dropout,
               residual_cca=t.residual_cca, param_dtype=dt)
@@ -572,12 +623,12 @@ def fit_dcca_data_parallel(
         tv, ts = with_precision(tv, policy), with_precision(ts, policy)
     init_rng, step_rng = jax.random.split(jax.random.key(int(c.seed)))
     r_v, r_s = jax.random.split(init_rng)
-    var_v = tv.init(r_v, jnp.asarray(x_v[:2], dt))
-    var_s = ts.init(r_s, jnp.asarray(x_s[:2], dt))
+    var_v = tv.init(r_v, jnp.asarray(fit_v[:2], dt))
+    var_s = ts.init(r_s, jnp.asarray(fit_s[:2], dt))
     params = {"visual": var_v["params"], "semantic": var_s["params"]}
     if t.residual_cca:
         k = min(int(t.out_dim), x_v.shape[1], x_s.shape[1])
-        stats = allreduce_stats(stats_from_arrays(x_v, x_s))
+        stats = allreduce_stats(stats_from_arrays(fit_v, fit_s))
         lin = fit_from_stats(stats, n_components=k, ridge_v=float(t.cca_init_ridge), ridge_s=float(t.cca_init_ridge))
 
         def init(p, proj, mean):
@@ -591,40 +642,57 @@ def fit_dcca_data_parallel(
     state = replicate(dcca.DCCATrainState.create(apply_fn=None, params=params, tx=dcca.make_optimizer(c),
                                                  batch_stats=batch_stats), mesh)
     step = shard_train_step(dcca.make_train_step(tv, ts, c), mesh)
-    writer = None
-    if metrics_path is not None and jax.process_index() == 0:
-        pathlib.Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
-        writer = open(metrics_path, "a", encoding="utf-8")
-    history = []
-    try:
-        for epoch in range(int(c.epochs)):
-            t0 = time.perf_counter()
-            perm = np.random.default_rng([int(c.seed), epoch, jax.process_index()]).permutation(n_local)
-            objectives = []
-            for i in range(steps):
-                idx = np.sort(perm[i * local_bs:(i + 1) * local_bs])  # sorted: sequential reads from a memmap
-                batch = (np.asarray(x_v[idx], dt), np.asarray(x_s[idx], dt))
-                state, metrics = step(state, batch, step_rng)
-                objectives.append(metrics["objective"])
-            obj = float(np.mean(jax.device_get(objectives)))
-            if not math.isfinite(obj):
-                raise dcca.NonFiniteLossError(
-                    f"the DCCA objective became {obj} in epoch {epoch} (global batch {bs}, learning_rate="
-                    f"{c.learning_rate}, ridges {c.ridge_v}/{c.ridge_s}): lower the learning rate, raise the ridges, "
-                    "or use float32 outputs (precision policy 'bfloat16' keeps the objective in float32)."
-                )
-            secs = time.perf_counter() - t0
-            rec = {"epoch": epoch, "objective": obj, "seconds": secs, "samples_per_s": steps * bs / secs,
-                   "steps": int(state.step)}
-            history.append(rec)
-            logging.info("dcca data-parallel: epoch %d objective %.4f (%.1f samples/s)", epoch, obj, rec["samples_per_s"])
-            if writer is not None:
-                writer.write(json.dumps(rec) + "\n")
-                writer.flush()
-    finally:
-        if writer is not None:
-            writer.close()
-    return state, history
+
+    def plain(tree):
+        # Evaluation runs DeepCCA's own towers: a policy-wrapped tower keeps its parameters under "tower".
+        return {k: v["tower"] for k, v in tree.items()} if policy is not None and tree else tree
+
+    def outputs(p, s, x, which):
+        chunk = max(1, int(c.eval_chunk))
+        parts = [np.asarray(model.apply_towers(p, s, np.asarray(x[i:i + chunk], dt), which))
+                 for i in range(0, x.shape[0], chunk)]
+        return _all_rows(np.concatenate(parts, axis=0))
+
+    stopper = EarlyStopping(patience=int(c.patience) if val is not None else 0)
+    best = _host((plain(state.params), plain(state.batch_stats)))
+    writer = MetricsWriter(metrics_path if jax.process_index() == 0 else None, name="dcca data-parallel")
+    advice = (f"the global batch's covariance became singular or the updates diverged (global batch {bs}, "
+              f"learning_rate={c.learning_rate}, ridges {c.ridge_v}/{c.ridge_s}): lower the learning rate, raise "
+              "the ridges, or use float32 outputs (precision policy 'bfloat16' keeps the objective in float32).")
+    for epoch in range(int(c.epochs)):
+        if stopper.stopped:
+            break
+        t0 = time.perf_counter()
+        perm = np.random.default_rng([int(c.seed), epoch, jax.process_index()]).permutation(n_fit)
+        objectives = []
+        for i in range(steps):
+            idx = np.sort(rows[perm[i * local_bs:(i + 1) * local_bs]])  # sorted: sequential reads from a memmap
+            batch = (np.asarray(x_v[idx], dt), np.asarray(x_s[idx], dt))
+            state, metrics = step(state, batch, step_rng)
+            objectives.append(metrics["objective"])
+        n_steps = int(state.step)
+        obj = check_finite(np.mean(jax.device_get(objectives)), what="DCCA objective", step=n_steps, epoch=epoch,
+                           advice=advice)
+        secs = time.perf_counter() - t0
+        rec = {"kind": "epoch", "epoch": epoch, "step": n_steps, "objective": obj, "seconds": secs,
+               "samples_per_s": steps * bs / secs, "steps": n_steps}
+        current = _host((plain(state.params), plain(state.batch_stats)))
+        if val is not None:
+            vc = model.total_correlation(outputs(*current, val[0], 0), outputs(*current, val[1], 1))
+            rec["val_corr"] = check_finite(vc, what="held-out correlation", step=n_steps, epoch=epoch, advice=advice)
+            if stopper.update(vc, step=n_steps):
+                best = current
+            rec["best_val_corr"] = stopper.best
+        else:
+            best, stopper.best_step = current, n_steps
+        writer.write(rec)
+    params, stats = jax.tree.map(jnp.asarray, best)
+    # Eq. 8: linear CCA on the towers' outputs for every process's training rows.
+    model.set_trained(params, stats, outputs(params, stats, fit_v, 0), outputs(params, stats, fit_s, 1),
+                      history=writer.history, best_step=stopper.best_step, best_val_corr=stopper.best,
+                      dims=(x_v.shape[1], x_s.shape[1]))
+    model.fit_seconds = time.perf_counter() - t_start
+    return model
 
 
 # ------------------------------------------------------------------------------------- multi-host

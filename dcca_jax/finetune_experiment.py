@@ -37,6 +37,7 @@ import numpy as np
 from absl import logging
 
 from dcca_jax import finetune
+from dcca_jax import training
 from dcca_jax.data import datasets
 from dcca_jax.tagging import metrics
 from dcca_jax.visual import mobilenet
@@ -52,8 +53,7 @@ METHODS = ("linear_cca", "frozen_dcca", "finetune")
 
 def split_indices(n_train: int, *, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """The baselines' validation split: ``(fit_idx, val_idx)``, both sorted (``default_rng(seed)`` permutation)."""
-    perm = np.random.default_rng(seed).permutation(n_train)
-    return np.sort(perm[val_size:]), np.sort(perm[:val_size])
+    return training.validation_split(n_train, n_val=val_size, seed=seed)
 
 
 def _expand_grid(grid) -> list[dict[str, Any]]:

@@ -8,8 +8,9 @@ r"""Data-parallel DCCA over every device of every process (one process per host)
 
 Each process reads only its contiguous share of the rows (``process_slice``), the towers are
 initialised from a linear CCA fitted on all rows by all-reduced streaming statistics, and every step's
-objective and gradients are those of the global batch. Process 0 writes ``metrics.jsonl`` and
-``history.json`` to --workdir.
+objective and gradients are those of the global batch; a seeded ``validation_fraction`` of each process's
+rows is held out for early stopping, and the towers' outputs end with the final CCA (Eq. 8) as in ``DeepCCA``.
+Process 0 writes ``metrics.jsonl``, ``history.json`` and the fitted model (``model/``) to --workdir.
 """
 import json
 import pathlib
@@ -40,11 +41,12 @@ def main(argv):
     x_s = np.load(_X_S.value, mmap_mode="r")
     n = min(x_v.shape[0], c.max_rows or x_v.shape[0])
     rows = dist.process_slice(n, multiple_of=c.batch_size // jax.process_count())
-    _, history = dist.fit_dcca_data_parallel(
+    model = dist.fit_dcca_data_parallel(
         x_v[rows], x_s[rows], c, mesh, policy=c.precision, metrics_path=pathlib.Path(_WORKDIR.value) / "metrics.jsonl"
     )
     if jax.process_index() == 0:
-        (pathlib.Path(_WORKDIR.value) / "history.json").write_text(json.dumps(history, indent=2))
+        (pathlib.Path(_WORKDIR.value) / "history.json").write_text(json.dumps(model.history, indent=2))
+        model.save(pathlib.Path(_WORKDIR.value) / "model")
 
 
 if __name__ == "__main__":

@@ -260,6 +260,16 @@ def run_multiprocess(out, port, process_id, num_processes):
         feats=np.asarray(feats),
         rows=np.asarray([sl.start, sl.stop]),
     )
+    # The whole data-parallel fit: held-out part on every process, early stopping, final CCA over all rows.
+    from dcca_jax.models import dcca
+
+    cfg = dcca.default_dcca_config()
+    cfg.towers.update(visual_hidden=(8,), semantic_hidden=(8,), out_dim=3, residual_cca=True)
+    cfg.update(batch_size=48, epochs=3, learning_rate=1e-2, dtype="float64", validation_fraction=0.25)
+    model = dist.fit_dcca_data_parallel(local_v, local_s, cfg, mesh)
+    model.save(f"{out}.{process_id}.model")
+    results.update(fit_correlations=np.asarray(model.correlations), best_step=model.best_step,
+                   val_corr=np.asarray([h["val_corr"] for h in model.history]))
     np.savez(f"{out}.{process_id}.npz", **results)
     jax.distributed.shutdown()
 

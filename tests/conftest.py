@@ -24,3 +24,18 @@ def shared_path(*parts: str) -> pathlib.Path:
 @pytest.fixture
 def shared_dir() -> pathlib.Path:
     return shared_path()
+
+
+def outputs_of_fresh_processes(code: str, tmp_path: pathlib.Path, *, salts=("1", "12345"), suffix: str = ".npz"):
+    """Runs ``python -c code ROOT OUT`` once per hash salt (``PYTHONHASHSEED``), each in a fresh process, and
+    returns the paths OUT the runs wrote: what a test of process-independent results compares."""
+    import subprocess
+    import sys
+
+    outs = []
+    for salt in salts:
+        env = dict(os.environ, PYTHONHASHSEED=salt, JAX_PLATFORMS="cpu")
+        out = tmp_path / f"out{salt}{suffix}"
+        subprocess.run([sys.executable, "-c", code, str(ROOT), str(out)], check=True, env=env, timeout=120)
+        outs.append(out)
+    return outs

@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from dcca_jax import training
 from dcca_jax.models.kcca import KernelCCA
 
 __all__ = ["load_mnist_halves", "validation_split", "total_correlation", "kcca_mnist_config", "fit_kcca_mnist"]
@@ -71,10 +72,7 @@ def load_mnist_halves(path: str | os.PathLike, *, dtype=np.float32) -> dict[str,
 
 def validation_split(n: int, n_val: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A seeded random split of ``range(n)`` into ``(fit_idx, val_idx)`` with ``len(val_idx) == n_val``."""
-    if not 0 < n_val < n:
-        raise ValueError(f"n_val={n_val} must be between 1 and n - 1 = {n - 1}.")
-    perm = np.random.default_rng(seed).permutation(n)
-    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+    return training.validation_split(n, n_val=n_val, seed=seed)
 
 
 def total_correlation(model, x_v, x_s) -> float:

@@ -50,12 +50,13 @@ import json
 import os
 import pathlib
 import shutil
-import tempfile
 from collections.abc import Sequence
 
 import ml_collections
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from dcca_jax._io import atomic_write_text
 
 __all__ = [
     "correlated_views",
@@ -340,14 +341,6 @@ def render_scene(scene: Scene, *, size: int, rng: np.random.Generator) -> Image.
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
 
 
-def _write_atomic(path: pathlib.Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600; a dataset is meant to be shared
-    os.replace(tmp, path)
-
-
 def generate(out_dir: str | os.PathLike, *, config: ml_collections.ConfigDict | None = None) -> pathlib.Path:
     """Write the synthetic dataset to ``out_dir`` (layout in the module docstring).
 
@@ -395,12 +388,12 @@ def generate(out_dir: str | os.PathLike, *, config: ml_collections.ConfigDict | 
     perm = np.random.default_rng([cfg.seed, 2**31 - 1]).permutation(cfg.n_images)
     n_test = max(1, int(round(cfg.test_fraction * cfg.n_images)))
     test = set(perm[:n_test].tolist())
-    _write_atomic(out / "vocabulary.txt", "".join(w + "\n" for w in VOCABULARY))
-    _write_atomic(out / "scenes.jsonl", "".join(s + "\n" for s in scenes))
-    _write_atomic(out / "train_list.txt", "".join(n + "\n" for i, n in enumerate(names) if i not in test))
-    _write_atomic(out / "test_list.txt", "".join(n + "\n" for i, n in enumerate(names) if i in test))
-    _write_atomic(out / "truth.tsv", "".join(f"{n}\t{' '.join(t)}\n" for n, t in zip(names, clean)))
-    _write_atomic(out / "tags.tsv", "".join(f"{n}\t{' '.join(t)}\n" for n, t in zip(names, noisy)))
+    atomic_write_text(out / "vocabulary.txt", "".join(w + "\n" for w in VOCABULARY))
+    atomic_write_text(out / "scenes.jsonl", "".join(s + "\n" for s in scenes))
+    atomic_write_text(out / "train_list.txt", "".join(n + "\n" for i, n in enumerate(names) if i not in test))
+    atomic_write_text(out / "test_list.txt", "".join(n + "\n" for i, n in enumerate(names) if i in test))
+    atomic_write_text(out / "truth.tsv", "".join(f"{n}\t{' '.join(t)}\n" for n, t in zip(names, clean)))
+    atomic_write_text(out / "tags.tsv", "".join(f"{n}\t{' '.join(t)}\n" for n, t in zip(names, noisy)))
     return out
 
 # Paired numeric views with a known correlation structure (demos, tests and benchmarks of the models).

@@ -26,7 +26,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from dcca_jax.models.base import register_model
-from dcca_jax.models.cca import CCAParams, LinearCCA, _check_components, cca_from_covariances
+from dcca_jax.models.cca import CCAParams, LinearCCA, check_components, cca_from_covariances
 
 __all__ = [
     "CovarianceStats",
@@ -372,7 +372,7 @@ def fit_from_stats(
     """
     d_v, d_s = stats.d_v, stats.d_s
     shapes = ((int(stats.count), d_v), (int(stats.count), d_s))
-    _check_components(n_components, d_v, d_s, shapes)
+    check_components(n_components, d_v, d_s, shapes)
     if ridge_v < 0 or ridge_s < 0:
         raise ValueError(f"ridges must be >= 0; got ridge_v={ridge_v}, ridge_s={ridge_s}.")
     s_vv, s_ss, s_vs = stats.covariances(ridge_v=ridge_v, ridge_s=ridge_s)

@@ -40,7 +40,6 @@ import json
 import logging
 import os
 import pathlib
-import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -50,6 +49,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from dcca_jax._io import atomic_save_npy, atomic_save_npz, atomic_write_text
 from dcca_jax.semantic import kmeans as _kmeans
 from dcca_jax.semantic import skipgram as _skipgram
 
@@ -473,8 +473,8 @@ class SemanticEncoder:
             )
         if self.idf is not None:
             arrays["idf"] = self.idf
-        np.savez(path / "arrays.npz", **arrays)
-        (path / "config.json").write_text(json.dumps({"format": "dcca_jax.semantic_encoder.v1",
+        atomic_save_npz(path / "arrays.npz", **arrays)
+        atomic_write_text(path / "config.json", json.dumps({"format": "dcca_jax.semantic_encoder.v1",
                                                       "config": self.config.to_dict()}, indent=2, sort_keys=True))
         return path
 
@@ -613,17 +613,6 @@ def semantic_view(
     return SemanticView(outs[0], tuple(outs[1:]), enc, tuple(reports))
 
 
-def _save_npy_atomic(path: pathlib.Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
-    os.close(fd)
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def export_semantic_view(
@@ -652,7 +641,7 @@ def export_semantic_view(
     )
     seconds = time.perf_counter() - t0
     for name, m in zip(names, (view.train, *view.others)):
-        _save_npy_atomic(out / f"semantic_{name}.npy", np.asarray(m))
+        atomic_save_npy(out / f"semantic_{name}.npy", np.asarray(m))
     view.encoder.save(out / "semantic_encoder")
     report: dict[str, Any] = {
         "dataset": dataset.name,
@@ -667,5 +656,5 @@ def export_semantic_view(
         dwv = view.encoder.deep_words
         report["deep_words"] = [dwv.members(k) for k in range(dwv.n_clusters)]
         report["kmeans_inertia"] = dwv.inertia
-    (out / "semantic_report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    atomic_write_text(out / "semantic_report.json", json.dumps(report, indent=2, ensure_ascii=False))
     return report

@@ -1,18 +1,13 @@
 """Skip-gram tag vectors: co-occurrence geometry, determinism across processes, save/load round trip."""
 from __future__ import annotations
 
-import os
-import pathlib
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
 
 from dcca_jax.semantic import skipgram
-
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+from tests.conftest import outputs_of_fresh_processes
 
 
 def _corpus(seed=0, n=400):
@@ -111,12 +106,7 @@ _CHILD = textwrap.dedent(
 
 
 def test_deterministic_across_processes_and_hash_seeds(tmp_path):
-    outs = []
-    for salt in ("1", "12345"):
-        env = dict(os.environ, PYTHONHASHSEED=salt, JAX_PLATFORMS="cpu")
-        out = tmp_path / f"wv{salt}.npz"
-        subprocess.run([sys.executable, "-c", _CHILD, str(ROOT), str(out)], check=True, env=env, timeout=120)
-        outs.append(skipgram.load_word_vectors(out))
+    outs = [skipgram.load_word_vectors(p) for p in outputs_of_fresh_processes(_CHILD, tmp_path)]
     assert outs[0].words == outs[1].words
     np.testing.assert_array_equal(outs[0].vectors, outs[1].vectors)
     # A different seed gives different vectors (the test can fail if seeding were ignored).
