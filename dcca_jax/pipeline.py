@@ -49,7 +49,6 @@ from dcca_jax.models.cca import LinearCCA
 
 __all__ = [
     "default_config",
-    "default_tflite_path",
     "PipelineError",
     "Pipeline",
     "run_pipeline",
@@ -60,21 +59,10 @@ __all__ = [
 MODEL_NAMES = ("cca", "kcca", "dcca")
 BASELINE_NAMES = ("jec", "general_cca", "cca_knn")
 STAGE_VERSION = 1
-_TFLITE_NAME = "mobilenet_v2_1.0_224_quant.tflite"
 
 
 class PipelineError(RuntimeError):
     """A user-facing failure (bad path, bad config): the message says what to change."""
-
-
-def default_tflite_path() -> str:
-    """Where the MobileNetV2 TFLite weights are looked for: ``$DCCA_MOBILENET_TFLITE``, else
-    ``../shared/models/mobilenet_v2_1.0_224_quant/`` beside the repository."""
-    env = os.environ.get("DCCA_MOBILENET_TFLITE")
-    if env:
-        return env
-    repo = pathlib.Path(__file__).resolve().parents[1]
-    return str(repo.parent / "shared" / "models" / "mobilenet_v2_1.0_224_quant" / _TFLITE_NAME)
 
 
 def _model_classes():
@@ -101,7 +89,9 @@ def default_config() -> ml_collections.ConfigDict:
 
     c.visual = ml_collections.ConfigDict()
     c.visual.backbone = "auto"  # auto | mobilenet_v2 | alexnet | handcrafted | precomputed
-    c.visual.tflite_path = default_tflite_path()
+    # MobileNetV2 TFLite file; "" = none (backbone "auto" then uses the hand-crafted features). The library reads
+    # no environment: experiments/configs/default.py fills in $DCCA_MOBILENET_TFLITE or ../shared.
+    c.visual.tflite_path = ""
     c.visual.alexnet_weights = ""
     c.visual.alexnet_layout = "torchvision"
     c.visual.batch_size = 32

@@ -9,7 +9,7 @@ import pathlib
 
 from absl import app, flags
 
-from dcca_jax.finetune_experiment import compare_runs, comparison_markdown
+from experiments.studies.finetune_corel5k import compare_runs, comparison_markdown
 
 _RUNS = flags.DEFINE_list("runs", [], "LABEL=WORKDIR:RUN_NAME entries.")
 _REF = flags.DEFINE_string("reference", None, "Label of the reference run.", required=True)

@@ -11,7 +11,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from dcca_jax.data.mnist import fit_kcca_mnist
+from experiments.studies.mnist_halves import fit_kcca_mnist
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/kcca_mnist.py", lock_config=True)
 _DATA = flags.DEFINE_string("data", "../shared/data/mnist/mnist.npz", "mnist.npz path.")

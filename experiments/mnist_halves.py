@@ -6,7 +6,7 @@ r"""MNIST left/right halves (Andrew et al. 2013): linear CCA, KCCA and DCCA, tab
 from absl import app
 from ml_collections import config_flags
 
-from dcca_jax.mnist_experiment import run_mnist_halves
+from experiments.studies.mnist_halves import run_mnist_halves
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/mnist_halves.py", lock_config=True)
 

@@ -265,7 +265,6 @@ def run_multiprocess(out, port, process_id, num_processes):
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     mode, out = sys.argv[1], sys.argv[2]
     if mode == "multidevice":
         run_multidevice(out)

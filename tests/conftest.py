@@ -1,4 +1,4 @@
-"""Shared fixtures: float64 on, and the path to ../shared (skipped with a reason when absent)."""
+"""Shared fixtures: float64 on, the path to ../shared (skipped with a reason when absent), one pipeline run."""
 from __future__ import annotations
 
 import os
@@ -24,3 +24,23 @@ def shared_path(*parts: str) -> pathlib.Path:
 @pytest.fixture
 def shared_dir() -> pathlib.Path:
     return shared_path()
+
+
+METHODS = {"JEC", "General CCA", "CCA-KNN", "DMFR&CCA", "DMFR&KCCA", "DMFR&DCCA"}
+
+
+def tiny_pipeline_config():
+    """A fresh copy of the tiny pipeline config, ``experiments/configs/test.py``."""
+    from experiments.configs import test
+
+    return test.get_config()
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(tmp_path_factory):
+    """``(workdir, results)`` of one pipeline run on the test config, shared by the pipeline and study tests."""
+    from dcca_jax import pipeline
+
+    workdir = tmp_path_factory.mktemp("pipeline")
+    return workdir, pipeline.run_pipeline(tiny_pipeline_config(), workdir)
+

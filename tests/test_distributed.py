@@ -211,24 +211,14 @@ def test_process_slice_tiles_rows():
         dist.process_slice(10, process_index=4, process_count=4)
 
 
-def test_initialize_distributed_from_environment(monkeypatch):
-    for names in dist._ENV.values():
-        for v in names:
-            monkeypatch.delenv(v, raising=False)
-    for v in (*dist._AUTODETECT_ENV, "DCCA_DISTRIBUTED"):
-        monkeypatch.delenv(v, raising=False)
+def test_initialize_distributed_arguments():
+    # A single process unless told otherwise (the environment is the main's business, test_cli_common.py).
     assert dist.initialize_distributed(cpu_collectives=None) is False
     assert dist.initialize_distributed(num_processes=1, cpu_collectives=None) is False
-    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "localhost:1234")
     with pytest.raises(ValueError, match="num_processes=None, process_id=None"):
-        dist.initialize_distributed(cpu_collectives=None)
-    monkeypatch.setenv("JAX_NUM_PROCESSES", "two")
-    with pytest.raises(ValueError, match="JAX_NUM_PROCESSES='two'"):
-        dist.initialize_distributed(cpu_collectives=None)
-    monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
-    monkeypatch.setenv("DCCA_PROCESS_ID", "2")
+        dist.initialize_distributed("localhost:1234", cpu_collectives=None)
     with pytest.raises(ValueError, match=r"process_id=2 must be in \[0, num_processes=2\)"):
-        dist.initialize_distributed(cpu_collectives=None)
+        dist.initialize_distributed("localhost:1234", 2, 2, cpu_collectives=None)
 
 
 def test_allreduce_stats_single_process_is_identity():

@@ -8,7 +8,7 @@ KCCA 33.0, linear CCA 28.0).
 """
 import ml_collections
 
-from dcca_jax.data.mnist import kcca_mnist_config
+from experiments.studies.mnist_halves import kcca_mnist_config
 
 
 def get_config() -> ml_collections.ConfigDict:

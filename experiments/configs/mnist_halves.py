@@ -12,7 +12,7 @@ import pathlib
 import ml_collections
 
 from dcca_jax.models.dcca import DeepCCA
-from dcca_jax.data.mnist import kcca_mnist_config
+from experiments.studies.mnist_halves import kcca_mnist_config
 
 _SHARED = pathlib.Path(os.environ.get("DCCA_SHARED", pathlib.Path(__file__).resolve().parents[2] / "shared"))
 

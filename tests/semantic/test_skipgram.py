@@ -97,7 +97,6 @@ _CHILD = textwrap.dedent(
     """
     import sys
     import numpy as np
-    sys.path.insert(0, sys.argv[1])
     from dcca_jax.semantic import skipgram
     rng = np.random.default_rng(0)
     corpus = [[f"t{j}" for j in rng.choice(30, size=4, replace=False)] for _ in range(200)]
@@ -105,7 +104,7 @@ _CHILD = textwrap.dedent(
     cfg.vector_size = 8
     cfg.epochs = 2
     wv = skipgram.train_skipgram(corpus, config=cfg)
-    skipgram.save_word_vectors(sys.argv[2], wv)
+    skipgram.save_word_vectors(sys.argv[1], wv)
     """
 )
 
@@ -113,9 +112,9 @@ _CHILD = textwrap.dedent(
 def test_deterministic_across_processes_and_hash_seeds(tmp_path):
     outs = []
     for salt in ("1", "12345"):
-        env = dict(os.environ, PYTHONHASHSEED=salt, JAX_PLATFORMS="cpu")
+        env = dict(os.environ, PYTHONHASHSEED=salt, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
         out = tmp_path / f"wv{salt}.npz"
-        subprocess.run([sys.executable, "-c", _CHILD, str(ROOT), str(out)], check=True, env=env, timeout=120)
+        subprocess.run([sys.executable, "-c", _CHILD, str(out)], check=True, env=env, timeout=120)
         outs.append(skipgram.load_word_vectors(out))
     assert outs[0].words == outs[1].words
     np.testing.assert_array_equal(outs[0].vectors, outs[1].vectors)

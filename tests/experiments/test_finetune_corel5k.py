@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from tests.conftest import shared_path
 
-from dcca_jax import finetune_experiment
 from dcca_jax.tagging import metrics
 from experiments.configs import finetune_corel5k_test
+from experiments.studies import finetune_corel5k as finetune_experiment
 
 
 def test_split_matches_the_baselines_split():
@@ -26,7 +26,7 @@ def test_study_runs_on_test_config(tmp_path):
     assert set(res["runs"]) == {"linear_cca", "frozen_dcca_seed0", "frozen_dcca_seed1", "finetune_seed0",
                                 "finetune_seed1"}
     preds = np.load(tmp_path / "test_preds.npz")
-    from dcca_jax.baselines.corel5k import load_corel5k_labels
+    from experiments.studies.corel5k_baselines import load_corel5k_labels
     y_te = load_corel5k_labels(c.data_dir).test_labels[:60]
     for name, r in res["runs"].items():
         assert preds[name].shape == (60, 260) and (preds[name].sum(1) == 5).all()

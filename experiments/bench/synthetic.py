@@ -21,7 +21,7 @@ import numpy as np
 import optax
 from absl import app, flags, logging
 
-import _measure
+from experiments.bench import measure
 from dcca_jax.data import datasets
 from dcca_jax.data import synthetic
 
@@ -114,11 +114,11 @@ def main(argv):
     shared = pathlib.Path(_SHARED.value)
     cache = pathlib.Path(_CACHE.value)
     t0 = time.perf_counter()
-    xtr = _measure.tflite_features(d.train.image_paths, shared=shared, cache=cache)
-    xte = _measure.tflite_features(d.test.image_paths, shared=shared, cache=cache)
+    xtr = measure.tflite_features(d.train.image_paths, shared=shared, cache=cache)
+    xte = measure.tflite_features(d.test.image_paths, shared=shared, cache=cache)
     feat_s = time.perf_counter() - t0
     # Probes see the features reduced to 256 principal components (fitted on train) and standardised.
-    ptr, pte = _measure.pca(xtr, xte, dim=256)
+    ptr, pte = measure.pca(xtr, xte, dim=256)
     sd = ptr.std(0)
     ztr, zte = ptr / sd, pte / sd
     ytr, yte = d.train.labels.astype(np.float32), d.test.labels.astype(np.float32)
@@ -138,12 +138,12 @@ def main(argv):
                                   "test_word_auc": per_word}
         logging.info("%s probe (%d steps): %s", name, best, groups)
     # Linear CCA + 5-NN on the bag-of-words view (ridge chosen on the validation part).
-    pv_fit, pv_va = _measure.pca(xtr[fi], xtr[va], dim=300)
-    scores = {r: _measure.cca_eval(pv_fit, ytr[fi], pv_va, ytr[va], d.train.labels[fi], d.train.labels[va],
+    pv_fit, pv_va = measure.pca(xtr[fi], xtr[va], dim=300)
+    scores = {r: measure.cca_eval(pv_fit, ytr[fi], pv_va, ytr[va], d.train.labels[fi], d.train.labels[va],
                                    n_components=40, ridge_rel=r)["F1"] for r in (0.01, 0.1, 1.0)}
     ridge = max(scores, key=scores.get)
-    pv_tr, pv_te = _measure.pca(xtr, xte, dim=300)
-    result["linear_cca_knn"] = _measure.cca_eval(pv_tr, ytr, pv_te, yte, d.train.labels, d.test.labels,
+    pv_tr, pv_te = measure.pca(xtr, xte, dim=300)
+    result["linear_cca_knn"] = measure.cca_eval(pv_tr, ytr, pv_te, yte, d.train.labels, d.test.labels,
                                                  n_components=40, ridge_rel=ridge)
     result["linear_cca_knn"]["ridge_rel"] = ridge
     out = pathlib.Path(_OUT.value)

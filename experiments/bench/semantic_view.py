@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-import _measure
+from experiments.bench import measure
 from dcca_jax.data import datasets
 from dcca_jax.semantic import deepwords
 from dcca_jax.semantic import skipgram
@@ -50,8 +50,8 @@ def main(argv):
     d = datasets.load_corel5k(shared / "data" / "corel5k")
     cache = pathlib.Path(_CACHE.value)
     t0 = time.perf_counter()
-    xtr = _measure.tflite_features(d.train.image_paths, shared=shared, cache=cache)
-    xte = _measure.tflite_features(d.test.image_paths, shared=shared, cache=cache)
+    xtr = measure.tflite_features(d.train.image_paths, shared=shared, cache=cache)
+    xte = measure.tflite_features(d.test.image_paths, shared=shared, cache=cache)
     logging.info("features: %.1f s", time.perf_counter() - t0)
     train = dataclasses.replace(d.train, features=xtr)
     fit, val = datasets.train_validation_split(train, fraction=500 / 4500, seed=0)
@@ -67,18 +67,18 @@ def main(argv):
     deepwords.build_deep_words(wv, n_clusters=100, seed=1)
     t_km2 = time.perf_counter() - t0
 
-    pv_fit, pv_val = _measure.pca(fit.features, val.features, dim=300)
-    pv_tr, pv_te = _measure.pca(xtr, xte, dim=300)
+    pv_fit, pv_val = measure.pca(fit.features, val.features, dim=300)
+    pv_tr, pv_te = measure.pca(xtr, xte, dim=300)
     rows = []
     for name, overrides in _candidates().items():
         s_fit, s_val = _view(fit.tags, val.tags, d.vocabulary, overrides)
-        val_scores = {r: _measure.cca_eval(pv_fit, s_fit, pv_val, s_val, fit.labels, val.labels,
+        val_scores = {r: measure.cca_eval(pv_fit, s_fit, pv_val, s_val, fit.labels, val.labels,
                                            n_components=100, ridge_rel=r) for r in _RIDGES}
         best = max(_RIDGES, key=lambda r: val_scores[r]["F1"])
         t0 = time.perf_counter()
         s_tr, s_te = _view(d.train.tags, d.test.tags, d.vocabulary, overrides)
         t_view = time.perf_counter() - t0
-        test = _measure.cca_eval(pv_tr, s_tr, pv_te, s_te, d.train.labels, d.test.labels,
+        test = measure.cca_eval(pv_tr, s_tr, pv_te, s_te, d.train.labels, d.test.labels,
                                  n_components=100, ridge_rel=best)
         rows.append({"view": name, "dim": s_tr.shape[1], "ridge_rel": best, "val": val_scores[best],
                      "test": test, "view_seconds": t_view})

@@ -1,6 +1,6 @@
 r"""Corel5k study: DCCA from pixels (fine-tuned MobileNetV2) against frozen-feature DCCA and linear CCA.
 
-Protocol (the one of :mod:`dcca_jax.baselines.corel5k`): the 4,500 training images are split 4000/500 with
+Protocol (the one of :mod:`experiments.studies.corel5k_baselines`): the 4,500 training images are split 4000/500 with
 ``default_rng(split_seed)`` (seed 0, 500 validation images: the baselines' split).  For every method:
 
 1. train on the 4000 (the DCCA variants early-stop on validation per-word F1 of tag transfer,
