@@ -528,7 +528,7 @@ def fit_dcca_data_parallel(
     Args:
       x_v: ``(n_local, d_v)`` this process's visual rows.
       x_s: ``(n_local, d_s)`` the paired semantic rows.
-      config: :func:`dcca_jax.models.dcca.default_dcca_config` (Adam only; ``epochs``, ``batch_size``,
+      config: :func:`dcca_jax.models.dcca.dcca_config` (Adam only; ``epochs``, ``batch_size``,
         ``learning_rate``, ``seed``, ``dtype``, towers, objective and ridges are used).
       mesh: :func:`make_mesh` over all processes' devices.
       policy: optional precision policy (:func:`with_precision`), e.g. ``"bfloat16"``.

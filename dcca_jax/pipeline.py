@@ -48,7 +48,7 @@ from dcca_jax.baselines import jec as jec_lib
 from dcca_jax.models.cca import LinearCCA
 
 __all__ = [
-    "default_config",
+    "pipeline_config",
     "PipelineError",
     "Pipeline",
     "run_pipeline",
@@ -73,7 +73,7 @@ def _model_classes():
     return {"cca": LinearCCA, "kcca": KernelCCA, "dcca": DeepCCA}
 
 
-def default_config() -> ml_collections.ConfigDict:
+def pipeline_config() -> ml_collections.ConfigDict:
     """The main job's configuration: the embedded synthetic dataset, end to end, on 2 CPU cores."""
     classes = _model_classes()
     c = ml_collections.ConfigDict()
@@ -83,7 +83,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.kind = "synthetic"  # synthetic | corel5k | image_folder | nus_wide | features
     c.data.root = ""  # dataset folder (for synthetic: where to generate; default workdir/stages/data)
     c.data.options = ml_collections.ConfigDict()  # extra keyword arguments of the loader
-    c.data.synthetic = synthetic.default_config()
+    c.data.synthetic = synthetic.synthetic_config()
     c.data.validation_fraction = 0.15
     c.data.max_train = 0  # 0 = all; else a seeded subsample (quick trials)
 
@@ -99,10 +99,10 @@ def default_config() -> ml_collections.ConfigDict:
     # whole centre square, which suits Corel's 3:2 photos better, see FINDINGS.md).
     c.visual.crop_fraction = 0.875
     c.visual.use_autoencoder = True
-    c.visual.autoencoder = ae_lib.default_config()
+    c.visual.autoencoder = ae_lib.autoencoder_config()
     c.visual.autoencoder.code_dim = 300
 
-    c.semantic = deepwords.default_config()
+    c.semantic = deepwords.semantic_config()
 
     c.models = MODEL_NAMES
     c.cca = classes["cca"].default_config()
@@ -336,7 +336,7 @@ class Pipeline:
                     feats = handcrafted_features(split.image_paths, cache_path=self._jec_cache(split_name))
                     ok = np.ones(len(feats), bool)
                 else:
-                    bcfg = extract_lib.default_backbone_config()
+                    bcfg = extract_lib.backbone_config()
                     bcfg.backbone = name
                     bcfg.mobilenet_v2.tflite_path = c.tflite_path
                     bcfg.alexnet.weights_path = c.alexnet_weights
@@ -640,3 +640,7 @@ def handcrafted_features(paths, *, cache_path=None) -> np.ndarray:
 def run_pipeline(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, progress: bool = False) -> dict:
     """Runs the whole pipeline in ``workdir`` (resuming what is cached) and returns the results dict."""
     return Pipeline(config, workdir, progress=progress).run()
+
+
+# Deprecated: the name before issue 12 (BUILD.md, Changelog); use pipeline_config.
+default_config = pipeline_config

@@ -1,7 +1,7 @@
 r"""Data-parallel DCCA over every device of every process (one process per host).
 
   # one host, all its devices
-  PYTHONPATH=$PWD python experiments/train_dcca_distributed.py \
+  python experiments/train_dcca_distributed.py \
       --config=experiments/configs/dcca_distributed.py --x_v=v.npy --x_s=s.npy --workdir=runs/dp
   # several hosts: the same command on each, plus (or JAX_COORDINATOR_ADDRESS etc. in the environment)
   #   --coordinator_address=host0:1234 --num_processes=4 --process_id=<rank>

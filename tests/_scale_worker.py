@@ -84,7 +84,7 @@ def dcca_setup(policy=None):
     from dcca_jax.distributed import with_precision
     from dcca_jax.models.towers import make_tower
 
-    cfg = dcca.default_dcca_config()
+    cfg = dcca.dcca_config()
     cfg.towers.update(visual_hidden=(16,), semantic_hidden=(16,), out_dim=O, batch_norm=True, dropout=0.1)
     cfg.learning_rate = 1e-2
     # float64 parameters without a policy, so the sharded/unsharded comparison is at float64 round-off.

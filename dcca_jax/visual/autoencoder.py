@@ -39,7 +39,7 @@ ACTIVATIONS = {"relu": nn.relu, "tanh": jnp.tanh, "sigmoid": nn.sigmoid, "gelu":
 ARCHITECTURES = ("mlp", "pca_residual")
 
 
-def default_config() -> ml_collections.ConfigDict:
+def autoencoder_config() -> ml_collections.ConfigDict:
     """Auto-encoder hyperparameters (defaults: 1280/4096 -> 1024 -> 300 -> 1024 -> d, ReLU)."""
     c = ml_collections.ConfigDict()
     c.hidden_sizes = (1024,)
@@ -321,7 +321,7 @@ def fit_autoencoder(x_train, *, config: ml_collections.ConfigDict | None = None,
 
     Args:
         x_train: ``(n, d)`` features.
-        config: :func:`default_config` fields.
+        config: :func:`autoencoder_config` fields.
         workdir: where to keep orbax checkpoints (``workdir/checkpoints``) and ``metrics.jsonl``; a rerun with
             the same workdir resumes. None trains in memory.
         x_val: ``(m, d)`` early-stopping rows; default: a random ``validation_fraction`` of ``x_train`` (those
@@ -333,7 +333,7 @@ def fit_autoencoder(x_train, *, config: ml_collections.ConfigDict | None = None,
     Raises:
         FloatingPointError: the training loss became non-finite.
     """
-    config = default_config() if config is None else config
+    config = autoencoder_config() if config is None else config
     dtype = jnp.dtype(config.dtype)
     x_train = np.asarray(x_train, np.float64)
     if x_train.ndim != 2 or not np.all(np.isfinite(x_train)):
@@ -454,3 +454,7 @@ def fit_autoencoder(x_train, *, config: ml_collections.ConfigDict | None = None,
     best_params = jax.tree_util.tree_map(np.asarray, best_params)
     return TrainedAutoEncoder(config=config, params=best_params, mean=mean.astype(dtype), scale=scale.astype(dtype),
                               history=history, best_epoch=best_epoch)
+
+
+# Deprecated: the name before issue 12 (BUILD.md, Changelog); use autoencoder_config.
+default_config = autoencoder_config

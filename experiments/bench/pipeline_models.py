@@ -1,6 +1,6 @@
 r"""CCA vs KCCA vs DCCA fit time, transform time and held-out correlation on the same data, one table.
 
-  python experiments/benchmark.py --config=experiments/configs/default.py --workdir=runs/default
+  python experiments/bench/pipeline_models.py --config=experiments/configs/default.py --workdir=runs/default
 
 Shares the pipeline's stage cache in the workdir: stages already computed there are reused.
 """

@@ -5,7 +5,7 @@ transferred by 5-NN in the visual projection (top 5). Honest protocol: the CCA r
 4000/500 split of the training images; the test images are used once, with the view refitted on all 4500.
 Also times the pieces of the default semantic view (skip-gram, k-means).
 
-  python experiments/bench_semantic_view.py --shared=../shared --out=results/bench/semantic_view.json
+  python experiments/bench/semantic_view.py --shared=../shared --workdir=results/bench
 """
 import dataclasses
 import json
@@ -23,7 +23,7 @@ from dcca_jax.semantic import skipgram
 
 _SHARED = flags.DEFINE_string("shared", "../shared", "The shared data folder.")
 _CACHE = flags.DEFINE_string("cache", "runs/cache", "Where MobileNetV2 features are cached.")
-_OUT = flags.DEFINE_string("out", "results/bench/semantic_view.json", "JSON output (a .md is written beside).")
+_WORKDIR = flags.DEFINE_string("workdir", "results/bench", "Output folder: semantic_view.json and semantic_view.md go there.")
 _RIDGES = (0.01, 0.1, 1.0)
 
 
@@ -38,7 +38,7 @@ def _candidates():
 
 
 def _view(train_tags, other_tags, vocabulary, overrides):
-    cfg = deepwords.default_config()
+    cfg = deepwords.semantic_config()
     cfg.update(ml_collections.ConfigDict(overrides))
     v = deepwords.semantic_view(train_tags, other_tags, config=cfg, vocabulary=vocabulary)
     return np.asarray(v.train, np.float64), np.asarray(v.others[0], np.float64)
@@ -58,7 +58,7 @@ def main(argv):
 
     # Timing of the default view's pieces on the 4500 training lists.
     t0 = time.perf_counter()
-    wv = skipgram.train_skipgram(d.train.tags, config=deepwords.default_config().skipgram)
+    wv = skipgram.train_skipgram(d.train.tags, config=deepwords.semantic_config().skipgram)
     t_sg = time.perf_counter() - t0
     t0 = time.perf_counter()
     deepwords.build_deep_words(wv, n_clusters=100)
@@ -84,7 +84,7 @@ def main(argv):
                      "test": test, "view_seconds": t_view})
         logging.info("%s: val F1 %.3f, test %s", name, val_scores[best]["F1"], test)
     result = {"timing": {"skipgram_s": t_sg, "kmeans_first_s": t_km, "kmeans_again_s": t_km2}, "rows": rows}
-    out = pathlib.Path(_OUT.value)
+    out = pathlib.Path(_WORKDIR.value) / "semantic_view.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     lines = [

@@ -9,7 +9,7 @@ A gap on the concept words (conjunctions, counts, XOR) and none on the plain wor
 nonlinear correlation model (DCCA) able to beat linear CCA. Also reports linear CCA + 5-NN tag transfer
 on the bag-of-words view, the baseline DCCA has to beat.
 
-  python experiments/bench_synthetic.py --shared=../shared --data=runs/synthetic --out=results/bench/synthetic.json
+  python experiments/bench/synthetic.py --shared=../shared --data=runs/synthetic --workdir=results/bench
 """
 import json
 import pathlib
@@ -28,7 +28,7 @@ from dcca_jax.data import synthetic
 _SHARED = flags.DEFINE_string("shared", "../shared", "The shared data folder.")
 _DATA = flags.DEFINE_string("data", "runs/synthetic", "Synthetic dataset folder (generated when missing).")
 _CACHE = flags.DEFINE_string("cache", "runs/cache", "Where MobileNetV2 features are cached.")
-_OUT = flags.DEFINE_string("out", "results/bench/synthetic.json", "JSON output (a .md is written beside).")
+_WORKDIR = flags.DEFINE_string("workdir", "results/bench", "Output folder: synthetic.json and synthetic.md go there.")
 _SEED = flags.DEFINE_integer("seed", 0, "Probe initialisation seed.")
 _N_IMAGES = flags.DEFINE_integer("n_images", 1200, "Images to generate when --data has none.")
 _NOISELESS = flags.DEFINE_bool("noiseless", False, "Generate with no label noise (missing, confusion, spurious = 0).")
@@ -104,7 +104,7 @@ def main(argv):
     gen_s = None
     if not (data / "tags.tsv").is_file():
         t0 = time.perf_counter()
-        cfg = synthetic.default_config()
+        cfg = synthetic.synthetic_config()
         cfg.n_images = _N_IMAGES.value
         if _NOISELESS.value:
             cfg.missing_rate = cfg.confusion_rate = cfg.noise_rate = 0.0
@@ -146,7 +146,7 @@ def main(argv):
     result["linear_cca_knn"] = measure.cca_eval(pv_tr, ytr, pv_te, yte, d.train.labels, d.test.labels,
                                                  n_components=40, ridge_rel=ridge)
     result["linear_cca_knn"]["ridge_rel"] = ridge
-    out = pathlib.Path(_OUT.value)
+    out = pathlib.Path(_WORKDIR.value) / "synthetic.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     lin, mlp = result["probes"]["linear"]["test_group_auc"], result["probes"]["mlp"]["test_group_auc"]

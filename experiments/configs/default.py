@@ -26,7 +26,7 @@ def default_tflite_path() -> str:
 
 
 def get_config():
-    c = pipeline.default_config()
+    c = pipeline.pipeline_config()
     c.visual.tflite_path = default_tflite_path()
     c.data.kind = "synthetic"
     c.data.synthetic.n_images = 1200

@@ -20,7 +20,7 @@ SHARED = os.environ.get("DCCA_SHARED", "../shared")
 
 
 def get_config() -> ml_collections.ConfigDict:
-    c = extract_features.default_config()
+    c = extract_features.extract_features_config()
     c.data.root = os.path.join(SHARED, "data", "corel5k")
     c.model.backbone = "mobilenet_v2"
     c.model.mobilenet_v2.tflite_path = os.path.join(

@@ -1,7 +1,7 @@
 r"""Kernel CCA on MNIST halves (RBF, Nystrom), hyperparameters selected on a 10k validation split.
 
-  PYTHONPATH=$PWD .venv/bin/python experiments/kcca_mnist.py \
-      --config=experiments/configs/kcca_mnist.py --data=../shared/data/mnist/mnist.npz --out=runs/kcca_mnist
+  .venv/bin/python experiments/kcca_mnist.py \
+      --config=experiments/configs/kcca_mnist.py --data=../shared/data/mnist/mnist.npz --workdir=runs/kcca_mnist
 
 Expected (see README, MNIST halves): test total correlation of the 50 components about 40 (published
 KCCA 33.0, linear CCA 28.0).

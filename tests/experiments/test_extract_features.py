@@ -39,7 +39,7 @@ def test_pipeline_on_generated_images(tmp_path):
 
     ids = _dataset(tmp_path / "data")
     np.savez(tmp_path / "alex.npz", **random_state_dict("torchvision", 1 / 32, 6))
-    cfg = extract_features.default_config()
+    cfg = extract_features.extract_features_config()
     cfg.data.root = str(tmp_path / "data")
     cfg.data.train_list, cfg.data.test_list = "train.txt", "test.txt"
     cfg.model.backbone = "alexnet"
@@ -82,7 +82,7 @@ def test_corel5k_config_is_consistent():
     from experiments.configs import extract_corel5k
 
     cfg = extract_corel5k.get_config()
-    default = extract_features.default_config()
+    default = extract_features.extract_features_config()
     assert set(cfg.keys()) == set(default.keys())  # no typo'd fields
     assert cfg.model.backbone == "mobilenet_v2" and cfg.model.mobilenet_v2.tflite_path.endswith(".tflite")
     assert cfg.data.root.endswith("corel5k") and cfg.autoencoder.code_dim == 300

@@ -26,9 +26,8 @@ def test_experiment_runs_on_test_config(tmp_path):
 
     cfg = mnist_halves_test.get_config()
     cfg.data_path = str(tmp_path / "mnist.npz")
-    cfg.workdir = str(tmp_path / "run")
     cfg.n_val = 200
-    out = run_mnist_halves(cfg)
+    out = run_mnist_halves(cfg, tmp_path / "run")
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert [r["model"] for r in saved["rows"]] == ["linear CCA", "DCCA"]
     lin, deep = saved["rows"]
