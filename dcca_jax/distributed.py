@@ -8,7 +8,7 @@ device computes on the same batch. (A per-device covariance would not be: DCCA's
 decompose over examples.)
 
 Several processes (one per host, GPU cluster or TPU pod): :func:`initialize_distributed` starts
-``jax.distributed`` from arguments or environment variables, each process reads its own rows
+``jax.distributed`` from explicit arguments (the main reads the environment), each process reads its own rows
 (:func:`process_slice`), and :func:`shard_batch` assembles the process-local rows into one global
 array; the same jitted step then runs on all hosts. Launch notes are in BUILD.md.
 
@@ -552,7 +552,7 @@ def fit_dcca_data_parallel(
     Args:
       x_v: ``(n_local, d_v)`` this process's visual rows.
       x_s: ``(n_local, d_s)`` the paired semantic rows.
-      config: :func:`dcca_jax.models.dcca.default_dcca_config` (Adam only; ``epochs``, ``batch_size``,
+      config: :func:`dcca_jax.models.dcca.dcca_config` (Adam only; ``epochs``, ``batch_size``,
         ``learning_rate``, ``seed``, ``dtype``, ``patience``, ``validation_fraction``, towers, objective and
         ridges are used).
       mesh: :func:`make_mesh` over all processes' devices.
@@ -696,26 +696,6 @@ def fit_dcca_data_parallel(
 
 
 # ------------------------------------------------------------------------------------- multi-host
-_ENV = {
-    "coordinator_address": ("DCCA_COORDINATOR_ADDRESS", "JAX_COORDINATOR_ADDRESS"),
-    "num_processes": ("DCCA_NUM_PROCESSES", "JAX_NUM_PROCESSES"),
-    "process_id": ("DCCA_PROCESS_ID", "JAX_PROCESS_ID"),
-}
-# Environments where jax.distributed.initialize() finds everything itself.
-_AUTODETECT_ENV = ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES", "CLOUD_TPU_TASK_ID", "MEGASCALE_COORDINATOR_ADDRESS")
-
-
-def _from_env(key: str, cast=str):
-    for var in _ENV[key]:
-        value = os.environ.get(var)
-        if value not in (None, ""):
-            try:
-                return cast(value)
-            except ValueError:
-                raise ValueError(f"environment variable {var}={value!r} is not a valid {key}.") from None
-    return None
-
-
 def initialize_distributed(
     coordinator_address: str | None = None,
     num_processes: int | None = None,
@@ -724,14 +704,13 @@ def initialize_distributed(
     local_device_ids=None,
     initialization_timeout: int = 300,
     cpu_collectives: str | None = "gloo",
-    auto: bool | None = None,
+    auto: bool = False,
 ) -> bool:
-    """Starts ``jax.distributed`` (one process per host) from arguments or the environment.
+    """Starts ``jax.distributed`` (one process per host) from explicit arguments.
 
-    Each argument left ``None`` is read from ``DCCA_<NAME>`` or ``JAX_<NAME>`` (``COORDINATOR_ADDRESS``
-    as ``host:port``, ``NUM_PROCESSES``, ``PROCESS_ID``). When none is set but the process runs under
-    SLURM, Open MPI or Kubernetes TPU jobs, JAX detects the cluster itself; on a Cloud TPU VM pod slice
-    pass ``auto=True`` (or set ``DCCA_DISTRIBUTED=auto``) to let JAX read the TPU metadata. Call it
+    Reads no environment: the caller (``experiments/train_dcca_distributed.py``) turns its flags and the
+    ``DCCA_/JAX_*`` variables into these arguments. With none of the three given, ``auto=True`` lets
+    ``jax.distributed.initialize()`` detect the cluster itself (SLURM, Open MPI, Cloud TPU pods). Call it
     before any other JAX call that touches devices.
 
     Args:
@@ -742,8 +721,7 @@ def initialize_distributed(
       initialization_timeout: seconds to wait for the other processes.
       cpu_collectives: CPU cross-process collectives (``"gloo"``; ``None`` keeps JAX's setting). Needed
         only for CPU runs; harmless on GPU/TPU.
-      auto: call ``jax.distributed.initialize()`` without arguments (cluster auto-detection); default
-        from ``DCCA_DISTRIBUTED=auto``.
+      auto: call ``jax.distributed.initialize()`` without arguments (cluster auto-detection).
 
     Returns:
       True when a multi-process runtime is up (now or already), False for a plain single process.
@@ -753,17 +731,12 @@ def initialize_distributed(
     """
     if jax.distributed.is_initialized():
         return True
-    coordinator_address = coordinator_address or _from_env("coordinator_address")
-    num_processes = num_processes if num_processes is not None else _from_env("num_processes", int)
-    process_id = process_id if process_id is not None else _from_env("process_id", int)
     given = [v is not None for v in (coordinator_address, num_processes, process_id)]
     if cpu_collectives is not None:
         jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
-    if auto is None:
-        auto = os.environ.get("DCCA_DISTRIBUTED", "").lower() == "auto"
     if not any(given):
-        if auto or any(os.environ.get(v) for v in _AUTODETECT_ENV):
-            logging.info("initialize_distributed: cluster environment detected; letting JAX configure itself.")
+        if auto:
+            logging.info("initialize_distributed: letting JAX detect the cluster.")
             jax.distributed.initialize(local_device_ids=local_device_ids, initialization_timeout=initialization_timeout)
             return True
         return False
@@ -771,8 +744,7 @@ def initialize_distributed(
         return False
     if not all(given):
         raise ValueError(
-            "initialize_distributed needs coordinator_address, num_processes and process_id together (or "
-            "DCCA_/JAX_COORDINATOR_ADDRESS, _NUM_PROCESSES, _PROCESS_ID); got "
+            "initialize_distributed needs coordinator_address, num_processes and process_id together; got "
             f"coordinator_address={coordinator_address!r}, num_processes={num_processes!r}, process_id={process_id!r}."
         )
     if not 0 <= process_id < num_processes:

@@ -47,8 +47,7 @@ from dcca_jax.models.cca import LinearCCA
 from dcca_jax._io import atomic_save_npy, atomic_write_text, config_key, jsonable, package_versions
 
 __all__ = [
-    "default_config",
-    "default_tflite_path",
+    "pipeline_config",
     "PipelineError",
     "Pipeline",
     "run_pipeline",
@@ -61,21 +60,10 @@ __all__ = [
 MODEL_NAMES = ("cca", "kcca", "dcca")
 BASELINE_NAMES = ("jec", "general_cca", "cca_knn")
 STAGE_VERSION = 1
-_TFLITE_NAME = "mobilenet_v2_1.0_224_quant.tflite"
 
 
 class PipelineError(RuntimeError):
     """A user-facing failure (bad path, bad config): the message says what to change."""
-
-
-def default_tflite_path() -> str:
-    """Where the MobileNetV2 TFLite weights are looked for: ``$DCCA_MOBILENET_TFLITE``, else
-    ``../shared/models/mobilenet_v2_1.0_224_quant/`` beside the repository."""
-    env = os.environ.get("DCCA_MOBILENET_TFLITE")
-    if env:
-        return env
-    repo = pathlib.Path(__file__).resolve().parents[1]
-    return str(repo.parent / "shared" / "models" / "mobilenet_v2_1.0_224_quant" / _TFLITE_NAME)
 
 
 def model_classes() -> dict[str, type[CorrelationModel]]:
@@ -87,7 +75,7 @@ def model_classes() -> dict[str, type[CorrelationModel]]:
     return {"cca": LinearCCA, "kcca": KernelCCA, "dcca": DeepCCA}
 
 
-def default_config() -> ml_collections.ConfigDict:
+def pipeline_config() -> ml_collections.ConfigDict:
     """The main job's configuration: the embedded synthetic dataset, end to end, on 2 CPU cores."""
     classes = model_classes()
     c = ml_collections.ConfigDict()
@@ -97,13 +85,15 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.kind = "synthetic"  # synthetic | corel5k | image_folder | nus_wide | features
     c.data.root = ""  # dataset folder (for synthetic: where to generate; default workdir/stages/data)
     c.data.options = ml_collections.ConfigDict()  # extra keyword arguments of the loader
-    c.data.synthetic = synthetic.default_config()
+    c.data.synthetic = synthetic.synthetic_config()
     c.data.validation_fraction = 0.15
     c.data.max_train = 0  # 0 = all; else a seeded subsample (quick trials)
 
     c.visual = ml_collections.ConfigDict()
     c.visual.backbone = "auto"  # auto | mobilenet_v2 | alexnet | handcrafted | precomputed
-    c.visual.tflite_path = default_tflite_path()
+    # MobileNetV2 TFLite file; "" = none (backbone "auto" then uses the hand-crafted features). The library reads
+    # no environment: experiments/configs/default.py fills in $DCCA_MOBILENET_TFLITE or ../shared.
+    c.visual.tflite_path = ""
     c.visual.alexnet_weights = ""
     c.visual.alexnet_layout = "torchvision"
     c.visual.batch_size = 32
@@ -111,10 +101,10 @@ def default_config() -> ml_collections.ConfigDict:
     # whole centre square, which suits Corel's 3:2 photos better, see FINDINGS.md).
     c.visual.crop_fraction = 0.875
     c.visual.use_autoencoder = True
-    c.visual.autoencoder = ae_lib.default_config()
+    c.visual.autoencoder = ae_lib.autoencoder_config()
     c.visual.autoencoder.code_dim = 300
 
-    c.semantic = deepwords.default_config()
+    c.semantic = deepwords.semantic_config()
 
     c.models = MODEL_NAMES
     c.cca = classes["cca"].default_config()
@@ -300,7 +290,7 @@ class Pipeline:
                     feats = handcrafted_features(split.image_paths, cache_path=self._jec_cache(split_name))
                     ok = np.ones(len(feats), bool)
                 else:
-                    bcfg = extract_lib.default_backbone_config()
+                    bcfg = extract_lib.backbone_config()
                     bcfg.backbone = name
                     bcfg.mobilenet_v2.tflite_path = c.tflite_path
                     bcfg.alexnet.weights_path = c.alexnet_weights
@@ -332,7 +322,7 @@ class Pipeline:
         self._cache["cnn"] = out
         return out
 
-    def _rows(self):
+    def rows(self):
         """Rows kept in each split (images whose features could be computed) and fit/val inside train."""
         data, cnn = self.stage_data(), self.stage_cnn()
         keep_train, keep_test = cnn["train_ok"], cnn["test_ok"]
@@ -344,7 +334,7 @@ class Pipeline:
         """Auto-encoder codes (section 2) of the CNN features; fitted on the fit part, stopped on val."""
         if "ae" in self._cache:
             return self._cache["ae"]
-        cnn, rows = self.stage_cnn(), self._rows()
+        cnn, rows = self.stage_cnn(), self.rows()
         c = self.config.visual
         if not c.use_autoencoder:
             out = {"key": cnn["key"], "train": cnn["train"], "test": cnn["test"], "metrics": None}
@@ -379,7 +369,7 @@ class Pipeline:
         """Skip-gram vectors and deep textual words learned on the fit part; every split encoded."""
         if "semantic" in self._cache:
             return self._cache["semantic"]
-        data, rows = self.stage_data(), self._rows()
+        data, rows = self.stage_data(), self.rows()
         c = self.config.semantic
         vocab = data["dataset"].vocabulary
 
@@ -402,7 +392,7 @@ class Pipeline:
 
     def views(self) -> Views:
         """The DMFR views (AE codes, bags of deep words) of the fit/val/train/test rows, with labels."""
-        data, rows, ae, sem = self.stage_data(), self._rows(), self.stage_autoencoder(), self.stage_semantic()
+        data, rows, ae, sem = self.stage_data(), self.rows(), self.stage_autoencoder(), self.stage_semantic()
         lab_train, lab_test = data["train"].labels, data["test"].labels
         v = {"fit": ae["train"][rows["fit"]], "val": ae["train"][rows["val"]], "train": ae["train"][rows["train"]],
              "test": ae["test"][rows["test"]]}
@@ -480,7 +470,7 @@ class Pipeline:
 
     def recommend_baseline(self, name: str) -> dict:
         """One baseline (``jec``, ``general_cca`` or ``cca_knn``) on the same split and rows."""
-        data, cnn, rows = self.stage_data(), self.stage_cnn(), self._rows()
+        data, cnn, rows = self.stage_data(), self.stage_cnn(), self.rows()
         c = self.config
         lab_train, lab_test = data["train"].labels[rows["train"]], data["test"].labels[rows["test"]]
         n_tags = int(c.recommend.n_tags)
@@ -523,7 +513,7 @@ class Pipeline:
         keys = {m: self._run_key_of(f"model_{m}") for m in self.config.models}
         payload = {"models": keys, "recommend": self.config.recommend, "cnn": self.stage_cnn()["key"],
                    "baselines": {b: self.config[b] for b in self.config.baselines},
-                   "rows": config_key(self._rows()), "data": data["fingerprint"]}
+                   "rows": config_key(self.rows()), "data": data["fingerprint"]}
 
         def compute(d):
             results = {}
@@ -619,3 +609,4 @@ def handcrafted_features(paths, *, cache_path=None) -> np.ndarray:
 def run_pipeline(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, progress: bool = False) -> dict:
     """Runs the whole pipeline in ``workdir`` (resuming what is cached) and returns the results dict."""
     return Pipeline(config, workdir, progress=progress).run()
+

@@ -289,7 +289,7 @@ def check_data_parallel():
     nd = jax.local_device_count()
     bs = 64 * nd if _TINY.value else 1000 * nd
     x_v, x_s = correlated_views(bs, 40, 30, latent=8, seed=3, dtype=np.float32)
-    cfg = dcca.default_dcca_config()
+    cfg = dcca.dcca_config()
     cfg.towers.update(visual_hidden=(64,), semantic_hidden=(64,), out_dim=8, activation="relu", batch_norm=True)
     cfg.learning_rate = 1e-3
     tv = make_tower(hidden=(64,), out_dim=8, activation="relu", batch_norm=True)
@@ -415,7 +415,7 @@ def check_extract():
     e2e = None
     if _have("corel5k") or _TINY.value:
         paths, _, data = _corel_subset(min(_CORELN.value, 8 if _TINY.value else 10**9))
-        cfg = extract.default_backbone_config()
+        cfg = extract.backbone_config()
         if _have("tflite"):
             cfg.mobilenet_v2.tflite_path = str(_paths()["tflite"])
             bb = extract.build_backbone(cfg)

@@ -1,7 +1,7 @@
 r"""Data-parallel DCCA over every device of every process (one process per host).
 
   # one host, all its devices
-  PYTHONPATH=$PWD python experiments/train_dcca_distributed.py \
+  python experiments/train_dcca_distributed.py \
       --config=experiments/configs/dcca_distributed.py --x_v=v.npy --x_s=s.npy --workdir=runs/dp
   # several hosts: the same command on each, plus (or JAX_COORDINATOR_ADDRESS etc. in the environment)
   #   --coordinator_address=host0:1234 --num_processes=4 --process_id=<rank>
@@ -13,6 +13,7 @@ rows is held out for early stopping, and the towers' outputs end with the final 
 Process 0 writes ``metrics.jsonl``, ``history.json`` and the fitted model (``model/``) to --workdir.
 """
 import json
+import os
 import pathlib
 
 import jax
@@ -21,20 +22,24 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from dcca_jax import distributed as dist
+from experiments import cli_common
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/dcca_distributed.py", lock_config=True)
 _X_V = flags.DEFINE_string("x_v", None, "Visual view, a 2-D .npy file.", required=True)
 _X_S = flags.DEFINE_string("x_s", None, "Semantic view, a 2-D .npy file with the same rows.", required=True)
 _WORKDIR = flags.DEFINE_string("workdir", "runs/dcca_distributed", "Output directory (process 0 writes).")
-_COORD = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (else from the environment).")
-_NPROC = flags.DEFINE_integer("num_processes", None, "Number of processes (else from the environment).")
-_PID = flags.DEFINE_integer("process_id", None, "This process's rank (else from the environment).")
-_AUTO = flags.DEFINE_bool("distributed_auto", False, "Let JAX detect the cluster (Cloud TPU VM pods).")
+_COORD = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (else $DCCA_/JAX_COORDINATOR_ADDRESS).")
+_NPROC = flags.DEFINE_integer("num_processes", None, "Number of processes (else $DCCA_/JAX_NUM_PROCESSES).")
+_PID = flags.DEFINE_integer("process_id", None, "This process's rank (else $DCCA_/JAX_PROCESS_ID).")
+_AUTO = flags.DEFINE_bool("distributed_auto", False, "Let JAX detect the cluster (Cloud TPU VM pods; or "
+                          "DCCA_DISTRIBUTED=auto). SLURM and Open MPI jobs are detected without it.")
 
 
 def main(argv):
     del argv
-    dist.initialize_distributed(_COORD.value, _NPROC.value, _PID.value, auto=_AUTO.value or None)
+    dist.initialize_distributed(**cli_common.distributed_args(
+        os.environ, coordinator_address=_COORD.value, num_processes=_NPROC.value, process_id=_PID.value,
+        auto=_AUTO.value))
     c = _CONFIG.value
     mesh = dist.make_mesh()
     x_v = np.load(_X_V.value, mmap_mode="r")

@@ -226,24 +226,14 @@ def test_process_slice_tiles_rows():
         dist.process_slice(10, process_index=4, process_count=4)
 
 
-def test_initialize_distributed_from_environment(monkeypatch):
-    for names in dist._ENV.values():
-        for v in names:
-            monkeypatch.delenv(v, raising=False)
-    for v in (*dist._AUTODETECT_ENV, "DCCA_DISTRIBUTED"):
-        monkeypatch.delenv(v, raising=False)
+def test_initialize_distributed_arguments():
+    # A single process unless told otherwise (the environment is the main's business, test_cli_common.py).
     assert dist.initialize_distributed(cpu_collectives=None) is False
     assert dist.initialize_distributed(num_processes=1, cpu_collectives=None) is False
-    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "localhost:1234")
     with pytest.raises(ValueError, match="num_processes=None, process_id=None"):
-        dist.initialize_distributed(cpu_collectives=None)
-    monkeypatch.setenv("JAX_NUM_PROCESSES", "two")
-    with pytest.raises(ValueError, match="JAX_NUM_PROCESSES='two'"):
-        dist.initialize_distributed(cpu_collectives=None)
-    monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
-    monkeypatch.setenv("DCCA_PROCESS_ID", "2")
+        dist.initialize_distributed("localhost:1234", cpu_collectives=None)
     with pytest.raises(ValueError, match=r"process_id=2 must be in \[0, num_processes=2\)"):
-        dist.initialize_distributed(cpu_collectives=None)
+        dist.initialize_distributed("localhost:1234", 2, 2, cpu_collectives=None)
 
 
 def test_allreduce_stats_single_process_is_identity():
@@ -298,7 +288,7 @@ def test_fit_dcca_data_parallel_starts_at_cca_and_improves(tmp_path):
     x_v, x_s = W.data()
     x_v = np.concatenate([x_v, x_v * 0.5 + 0.1], axis=0)  # 192 rows: two global batches of 96
     x_s = np.concatenate([x_s, x_s], axis=0)
-    cfg = dcca.default_dcca_config()
+    cfg = dcca.dcca_config()
     cfg.towers.update(visual_hidden=(8,), semantic_hidden=(8,), out_dim=3, residual_cca=True, cca_init_ridge=1e-3)
     cfg.update(batch_size=96, epochs=0, learning_rate=1e-2, dtype="float64", validation_fraction=0.0)
     mesh = dist.make_mesh()
@@ -342,7 +332,7 @@ def test_fit_dcca_data_parallel_early_stops_and_ends_with_the_final_cca(tmp_path
     from dcca_jax.training import validation_split
 
     x_v, x_s = W.data()
-    cfg = dcca.default_dcca_config()
+    cfg = dcca.dcca_config()
     cfg.towers.update(visual_hidden=(8,), semantic_hidden=(8,), out_dim=3, residual_cca=True, cca_init_ridge=1e-3)
     cfg.update(batch_size=48, epochs=10, patience=1, learning_rate=0.1, dtype="float64")
     # Held-out pairs whose pairing is broken: their correlation only fluctuates, so patience 1 stops early.

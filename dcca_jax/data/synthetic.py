@@ -18,7 +18,7 @@ shape in a colour with a surface texture. Its tags come from the content:
   indoor are bright) with one property: busy (XOR at least 3 objects), bold (XOR the largest object is
   large), warm (XOR the largest object is red, orange or yellow), patterned (XOR the largest object is
   textured). A linear read-out cannot represent an XOR of two features; these words are there so that a
-  nonlinear correlation model has something to win (experiments/bench_synthetic.py measures how much).
+  nonlinear correlation model has something to win (experiments/bench/synthetic.py measures how much).
 
 44 words in all (:data:`VOCABULARY`). Scenes favour a typical object (the sky often has a yellow circle,
 grass a star, ...: ``prototype_rate``), as real photo collections do, which keeps the concept words
@@ -69,7 +69,7 @@ __all__ = [
     "COUNT_WORDS",
     "XOR_WORDS",
     "VOCABULARY",
-    "default_config",
+    "synthetic_config",
     "SceneObject",
     "Scene",
     "sample_scene",
@@ -110,7 +110,7 @@ _PROTOTYPES = {  # scene -> (shape or None, colour or None, texture or None)
 _CONFUSABLE = {"red": "orange", "orange": "red", "blue": "purple", "purple": "blue", "white": "yellow", "yellow": "white"}
 
 
-def default_config() -> ml_collections.ConfigDict:
+def synthetic_config() -> ml_collections.ConfigDict:
     """Generator settings: n_images, image_size, seed, test_fraction, min_objects, max_objects,
     prototype_rate, missing_rate, confusion_rate, noise_rate, large_fraction (an object whose radius exceeds
     this fraction of the image size is "large")."""
@@ -349,12 +349,12 @@ def generate(out_dir: str | os.PathLike, *, config: ml_collections.ConfigDict | 
 
     Args:
       out_dir: destination folder (created).
-      config: see :func:`default_config`.
+      config: see :func:`synthetic_config`.
 
     Returns:
       The folder, ready for :func:`dcca_jax.data.datasets.load_image_folder`.
     """
-    cfg = default_config()
+    cfg = synthetic_config()
     if config is not None:
         cfg.update(config)
     if cfg.n_images < 2 or not 0 < cfg.test_fraction < 1:
@@ -428,3 +428,4 @@ def correlated_views(
     x_v = z @ a + noise * rng.standard_normal((n, d_v))
     x_s = g @ b + noise * rng.standard_normal((n, d_s))
     return x_v.astype(dtype), x_s.astype(dtype)
+

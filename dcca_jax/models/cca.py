@@ -21,6 +21,7 @@ __all__ = [
     "project",
     "paired_correlations",
     "correlation_score_curve",
+    "cca_config",
     "LinearCCA",
 ]
 
@@ -160,6 +161,11 @@ def project(params: CCAParams, x_v: ArrayLike | None = None, x_s: ArrayLike | No
     return z_v, z_s
 
 
+def cca_config() -> ml_collections.ConfigDict:
+    """Hyperparameters of :class:`LinearCCA` with their defaults (see the class docstring)."""
+    return ml_collections.ConfigDict({"n_components": 10, "ridge_v": 0.0, "ridge_s": 0.0})
+
+
 @register_model
 class LinearCCA(CorrelationModel):
     """Linear CCA with the common model API (``fit``/``transform``/``score``/``save``/``load``).
@@ -172,7 +178,7 @@ class LinearCCA(CorrelationModel):
 
     @classmethod
     def default_config(cls) -> ml_collections.ConfigDict:
-        return ml_collections.ConfigDict({"n_components": 10, "ridge_v": 0.0, "ridge_s": 0.0})
+        return cca_config()
 
     def _fit(self, x_v, x_s, **kwargs):
         if kwargs:

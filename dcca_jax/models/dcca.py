@@ -50,7 +50,7 @@ __all__ = [
     "make_optimizer",
     "make_train_step",
     "make_train_chunk",
-    "default_dcca_config",
+    "dcca_config",
 ]
 
 OPTIMIZERS = ("adam", "lbfgs")
@@ -73,7 +73,7 @@ class DCCATrainState(train_state.TrainState):
     batch_stats: Any = None
 
 
-def default_dcca_config() -> ml_collections.ConfigDict:
+def dcca_config() -> ml_collections.ConfigDict:
     """Hyperparameters of :class:`DeepCCA` with their defaults (see the class docstring)."""
     placeholder = ml_collections.config_dict.placeholder
     c = ml_collections.ConfigDict()
@@ -191,7 +191,7 @@ def make_train_step(tower_v: nn.Module, tower_s: nn.Module, config: ml_collectio
 
     Args:
       tower_v, tower_s: the two :mod:`dcca_jax.models.towers` modules.
-      config: a :meth:`DeepCCA.default_config`-style config.
+      config: a :func:`dcca_config`-style config.
 
     Returns:
       A jitted function. ``batch`` is ``(x_v (b, d_v), x_s (b, d_s))``; ``rng`` a PRNG key (dropout).
@@ -353,7 +353,7 @@ class DeepCCA(CorrelationModel):
     parameters with the best held-out correlation (early stopping), then fits linear CCA on the
     towers' training outputs (Eq. 8). ``transform`` maps new data through the towers and ``P``/``Q``.
 
-    Config (``DeepCCA.default_config()``):
+    Config (:func:`dcca_config`):
 
     - ``towers``: ``visual_hidden``, ``semantic_hidden`` (hidden widths), ``out_dim`` (``o``),
       ``activation`` (``sigmoid`` as in the paper, ``tanh``, ``relu``, ``gelu``), ``batch_norm``,
@@ -397,7 +397,7 @@ class DeepCCA(CorrelationModel):
 
     @classmethod
     def default_config(cls) -> ml_collections.ConfigDict:
-        return default_dcca_config()
+        return dcca_config()
 
     # ------------------------------------------------------------------ construction
     def _towers(self):
@@ -703,3 +703,4 @@ class DeepCCA(CorrelationModel):
     def _load_extra(self, path: pathlib.Path) -> None:
         f = path / "history.json"
         self.history = json.loads(f.read_text()) if f.exists() else []
+

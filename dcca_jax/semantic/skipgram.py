@@ -51,7 +51,7 @@ import numpy as np
 from dcca_jax._io import atomic_save_npz
 
 __all__ = [
-    "default_config",
+    "skipgram_config",
     "stable_hash",
     "tag_sentences",
     "word2vec",
@@ -64,7 +64,7 @@ __all__ = [
 _FORMAT = "dcca_jax.word_vectors.v1"
 
 
-def default_config() -> ml_collections.ConfigDict:
+def skipgram_config() -> ml_collections.ConfigDict:
     """Skip-gram hyperparameters (paper: skip-gram, window 5, negative sampling).
 
     Fields: vector_size, window, negative (negatives per positive pair), ns_exponent (noise distribution
@@ -201,7 +201,7 @@ def train_skipgram(train_tags: Sequence[Sequence[str]], *, config: ml_collection
 
     Args:
       train_tags: one tag list per TRAINING image (strings).
-      config: see :func:`default_config`; missing fields take the defaults.
+      config: see :func:`skipgram_config`; missing fields take the defaults.
 
     Returns:
       WordVectors for every tag seen at least ``config.min_count`` times.
@@ -209,7 +209,7 @@ def train_skipgram(train_tags: Sequence[Sequence[str]], *, config: ml_collection
     Raises:
       ValueError: when no image has a tag, or no tag reaches ``min_count``.
     """
-    cfg = default_config()
+    cfg = skipgram_config()
     if config is not None:
         cfg.update(config)
     for row, tags in enumerate(train_tags):
@@ -280,3 +280,4 @@ def load_word_vectors(path: str | os.PathLike) -> WordVectors:
             )
     except (OSError, KeyError) as e:
         raise ValueError(f"cannot read word vectors from {path}: {e}") from e
+

@@ -44,7 +44,7 @@ ARCHITECTURES = ("mlp", "pca_residual")
 _RESUMABLE_FIELDS = ("max_epochs", "patience", "checkpoint_every")
 
 
-def default_config() -> ml_collections.ConfigDict:
+def autoencoder_config() -> ml_collections.ConfigDict:
     """Auto-encoder hyperparameters (defaults: 1280/4096 -> 1024 -> 300 -> 1024 -> d, ReLU)."""
     c = ml_collections.ConfigDict()
     c.hidden_sizes = (1024,)
@@ -322,7 +322,7 @@ def fit_autoencoder(x_train, *, config: ml_collections.ConfigDict | None = None,
 
     Args:
         x_train: ``(n, d)`` features.
-        config: :func:`default_config` fields.
+        config: :func:`autoencoder_config` fields.
         workdir: where to keep orbax checkpoints (``workdir/checkpoints``) and ``metrics.jsonl``; a rerun with
             the same workdir resumes. None trains in memory.
         x_val: ``(m, d)`` early-stopping rows; default: a random ``validation_fraction`` of ``x_train`` (those
@@ -334,7 +334,7 @@ def fit_autoencoder(x_train, *, config: ml_collections.ConfigDict | None = None,
     Raises:
         dcca_jax.training.NonFiniteLossError: the training loss became non-finite (a ``FloatingPointError``).
     """
-    config = default_config() if config is None else config
+    config = autoencoder_config() if config is None else config
     dtype = jnp.dtype(config.dtype)
     x_train = np.asarray(x_train, np.float64)
     if x_train.ndim != 2 or not np.all(np.isfinite(x_train)):
@@ -430,3 +430,4 @@ def _legacy_fingerprint(workdir: pathlib.Path) -> dict | None:
     job = json.loads(path.read_text(encoding="utf-8"))
     job["config"] = {k: v for k, v in job["config"].items() if k not in _RESUMABLE_FIELDS}
     return job
+

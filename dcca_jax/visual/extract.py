@@ -77,7 +77,7 @@ class ExtractionResult:
     n_computed: int
 
 
-def default_backbone_config() -> ml_collections.ConfigDict:
+def backbone_config() -> ml_collections.ConfigDict:
     """Backbone settings (``backbone``, per-network weights and options, preprocessing)."""
     c = ml_collections.ConfigDict()
     c.backbone = "mobilenet_v2"
@@ -105,7 +105,7 @@ def build_backbone(config: ml_collections.ConfigDict, *, dtype=jnp.float32) -> B
     """Load the configured network and return a :class:`Backbone`.
 
     Args:
-        config: see :func:`default_backbone_config`.
+        config: see :func:`backbone_config`.
         dtype: compute dtype.
 
     Returns:
@@ -287,3 +287,4 @@ def extract_features(paths: Sequence[str | os.PathLike], *, backbone: Backbone, 
     logging.info("extracted %d images (%d computed, %d from cache, %d failed) at %.1f images/s", n, n_computed,
                  n - n_computed, len(failed), rate)
     return ExtractionResult(features=features, ok=ok, failed=failed, images_per_second=rate, n_computed=n_computed)
+

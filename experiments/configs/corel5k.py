@@ -7,7 +7,8 @@ Features: MobileNetV2 1280-d pre-logits (TFLite weights, $DCCA_MOBILENET_TFLITE 
 -> auto-encoder 300-d; tags -> skip-gram -> 100 deep words (bag, tf-idf). 500 training images are held out
 for early stopping and model choice; the 499 test images are used once.
 """
-from configs import default
+from dcca_jax.visual import autoencoder
+from experiments.configs import default
 
 
 def get_config():
@@ -17,7 +18,7 @@ def get_config():
     c.data.validation_fraction = 500 / 4500
     c.visual.backbone = "mobilenet_v2"
     c.visual.crop_fraction = 1.0  # whole centre square: raw 5-NN per-word F1 .359 vs .33-.34 with 0.875
-    c.visual.autoencoder = default.pipeline.ae_lib.default_config()
+    c.visual.autoencoder = autoencoder.autoencoder_config()
     c.visual.autoencoder.code_dim = 300
     c.visual.autoencoder.architecture = "pca_residual"  # a plain AE overfits (0.67 vs PCA 0.80 variance kept)
     c.visual.autoencoder.learning_rate = 1e-4

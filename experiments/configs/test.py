@@ -3,7 +3,7 @@ r"""Tiny CPU-friendly config for tests: 160 synthetic images, hand-crafted featu
   python experiments/pipeline.py --config=experiments/configs/test.py --workdir=/tmp/dcca_test
 Expected: runs in well under a minute; every table has every method; all values in [0, 1] (per component).
 """
-from configs import default
+from experiments.configs import default
 
 
 def get_config():

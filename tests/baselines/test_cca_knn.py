@@ -42,12 +42,11 @@ def test_fit_leaves_untagged_images_out():
 
 _CHILD = """
 import sys
-sys.path.insert(0, sys.argv[1])
 import numpy as np
 from dcca_jax.baselines import cca_knn
 rng = np.random.default_rng(0)
 y = (rng.random((60, 8)) < 0.4).astype(np.int8)
-np.save(sys.argv[2], cca_knn.train_tag_word2vec(y, [f"w{i}" for i in range(8)], dim=8, epochs=3, seed=2))
+np.save(sys.argv[1], cca_knn.train_tag_word2vec(y, [f"w{i}" for i in range(8)], dim=8, epochs=3, seed=2))
 """
 
 

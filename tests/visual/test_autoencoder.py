@@ -34,7 +34,7 @@ def _svd_pca(x_train, x_eval, k):
 
 
 def _small_config(**kw):
-    c = ae.default_config()
+    c = ae.autoencoder_config()
     c.hidden_sizes = (64,)
     c.code_dim = 2
     c.activation = "tanh"

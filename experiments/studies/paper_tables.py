@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from dcca_jax import report
+from dcca_jax.tagging import recommend
 from dcca_jax.models.base import correlation_score_curve
 from dcca_jax._io import atomic_write_text, jsonable, package_versions
 from dcca_jax.pipeline import MODEL_TITLES, Pipeline, model_classes
@@ -116,11 +117,12 @@ def examples_gallery(config, workdir: str | os.PathLike, *, model: str = "dcca",
     Images are picked to span the per-image F-measure (worst to best), as the paper's figure does.
     """
     p = Pipeline(config, workdir, progress=progress)
-    data, rows = p.stage_data(), p._rows()
+    data, rows = p.stage_data(), p.rows()
     r = p.recommend_with_model(model)
     scores = r["scores"]
     n_tags = int(config.recommend.n_tags)
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :n_tags]
+    top = np.asarray(recommend.recommend_top_n(scores, n=n_tags, prior=recommend.tag_prior(p.views().labels["train"]),
+                                               fill=config.recommend.get("fill", "prior")))
     vocab = data["dataset"].vocabulary
     test = data["test"]
     items = []

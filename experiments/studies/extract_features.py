@@ -30,7 +30,7 @@ from dcca_jax.visual import extract
 from dcca_jax.visual import images
 
 
-def default_config() -> ml_collections.ConfigDict:
+def extract_features_config() -> ml_collections.ConfigDict:
     """Data, backbone, extraction and auto-encoder settings."""
     c = ml_collections.ConfigDict()
     c.data = ml_collections.ConfigDict()
@@ -38,11 +38,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.train_list = "corel5k_train_list.txt"
     c.data.test_list = "corel5k_test_list.txt"
     c.data.suffix = ".jpeg"
-    c.model = extract.default_backbone_config()
+    c.model = extract.backbone_config()
     c.batch_size = 32
     c.shard_size = 512
     c.prefetch = 3
-    c.autoencoder = ae_lib.default_config()
+    c.autoencoder = ae_lib.autoencoder_config()
     c.train_autoencoder = True
     c.export_npz = ""
     return c
@@ -52,7 +52,7 @@ def build_visual_view(config: ml_collections.ConfigDict, workdir: str, *, progre
     """Run the whole visual-view pipeline (see the module docstring).
 
     Args:
-        config: :func:`default_config` fields.
+        config: :func:`extract_features_config` fields.
         workdir: output directory (created); rerunning resumes from the feature cache and AE checkpoints.
         progress: tqdm bars on stderr.
 

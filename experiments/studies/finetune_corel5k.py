@@ -1,6 +1,6 @@
 r"""Corel5k study: DCCA from pixels (fine-tuned MobileNetV2) against frozen-feature DCCA and linear CCA.
 
-Protocol (the one of :mod:`dcca_jax.baselines.corel5k`): the 4,500 training images are split 4000/500 with
+Protocol (the one of :mod:`experiments.studies.corel5k_baselines`): the 4,500 training images are split 4000/500 with
 ``default_rng(split_seed)`` (seed 0, 500 validation images: the baselines' split).  For every method:
 
 1. train on the 4000 (the DCCA variants early-stop on validation per-word F1 of tag transfer,
@@ -102,13 +102,14 @@ def protocol_metrics(config: ml_collections.ConfigDict, model_config: ml_collect
     for cand in cands:
         t = base | cand
         s = _scores(cca, h_v[val_idx], h_v[fit_idx], h_s_train[fit_idx], y_train[fit_idx], t)
-        m = metrics.to_python(metrics.evaluate(metrics.top_n_indicator(s, n=int(config.n_tags)), y_train[val_idx]))
+        pred_val = recommend.recommend_indicator(s, n=int(config.n_tags), prior=recommend.tag_prior(y_train[fit_idx]))
+        m = metrics.to_python(metrics.evaluate(pred_val, y_train[val_idx]))
         if best_m is None or m["per_word/F1"] > best_m["per_word/F1"]:
             best, best_m = cand, m
     t = base | best
     cca_all = _cca(h_v[:n_tr], h_s_train, model_config)
     s = _scores(cca_all, h_v[n_tr:], h_v[:n_tr], h_s_train, y_train, t)
-    pred = np.asarray(metrics.top_n_indicator(s, n=int(config.n_tags)))
+    pred = np.asarray(recommend.recommend_indicator(s, n=int(config.n_tags), prior=recommend.tag_prior(y_train)))
     test = metrics.to_python(metrics.evaluate(pred, y_test))
     return {"transfer": best, "validation": best_m, "test": test, "test_pred": pred, "n_candidates": len(cands)}
 
