@@ -8,7 +8,8 @@ import pytest
 
 import dcca_jax
 from dcca_jax import training
-from dcca_jax.data import datasets, mnist
+from dcca_jax.data import datasets
+from experiments.studies import mnist_halves
 from dcca_jax.models import dcca
 
 
@@ -166,7 +167,7 @@ def test_validation_split_is_seeded_disjoint_covering_and_equals_the_old_splits(
         np.testing.assert_array_equal(a, b)
     assert not np.array_equal(val, training.validation_split(n, n_val=n_val, seed=seed + 1)[1])
     # the modules that had their own copy now call this one
-    for a, b in zip(mnist.validation_split(n, n_val, seed=seed), (fit, val)):
+    for a, b in zip(mnist_halves.validation_split(n, n_val, seed=seed), (fit, val)):
         np.testing.assert_array_equal(a, b)
 
 

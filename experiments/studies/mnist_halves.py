@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from dcca_jax import training
 from dcca_jax.models.base import paired_correlations
 from dcca_jax.models.cca import LinearCCA
 from dcca_jax.models.dcca import DeepCCA
@@ -31,11 +32,8 @@ __all__ = ["run_mnist_halves", "results_markdown", "validation_split", "total_co
 
 
 def validation_split(n: int, n_val: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded random split of ``range(n)`` into ``(fit_idx, val_idx)`` with ``len(val_idx) == n_val``."""
-    if not 0 < n_val < n:
-        raise ValueError(f"n_val={n_val} must be between 1 and n - 1 = {n - 1}.")
-    perm = np.random.default_rng(seed).permutation(n)
-    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+    """A seeded random split of ``range(n)`` into ``(fit_idx, val_idx)`` (:func:`dcca_jax.training.validation_split`)."""
+    return training.validation_split(n, n_val=n_val, seed=seed)
 
 
 def total_correlation(model, x_v, x_s) -> float:
