@@ -103,6 +103,20 @@ def markdown_tables(results: dict[str, Any]) -> str:
               "Places with no positive score are filled from the training tag prior (most frequent first; "
               "--config.recommend.fill=none leaves them empty); the last column counts them.",
               "", table2_markdown(results["table2_recommendation"]), ""]
+    if results.get("retrieval"):
+        from dcca_jax.tagging import retrieval
+
+        parts += ["## Cross-modal retrieval (test split)", "",
+                  "Image-to-tag ranks the vocabulary for each test image; tag-to-image ranks the test images for "
+                  "each word (relevant = the image carries it). Label transfer: the method's tag scores (what "
+                  "`Tagger.tag` ranks); common-space cosine: image and word projections (what `Tagger.search` "
+                  f"ranks). Convention: {results['retrieval']['convention']}.", "",
+                  retrieval.retrieval_markdown(results["retrieval"]), ""]
+    if results.get("tagger"):
+        t = results["tagger"]
+        parts += [f"Tagger bundle: `{t['path']}` (default model {t['default_model']}, the best validation "
+                  "per-word F1: " + ", ".join(f"{m} {v['val_per_word_F1']:.3f}" for m, v in t["models"].items())
+                  + ").", ""]
     return "\n".join(parts)
 
 
