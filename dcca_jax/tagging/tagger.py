@@ -42,6 +42,7 @@ from dcca_jax.tagging import recommend as rec_lib
 from dcca_jax.visual import extract as extract_lib
 
 COLLECTIONS = ("all", "training", "added")
+_SEARCH_CHUNK = 1 << 22  # items per similarity block of one query (16 MiB in float32)
 _JOB_VERSION = 1
 
 
@@ -123,6 +124,7 @@ class Tagger:
         self._backbone = None
         self._added = ImageIndex([], np.zeros((0, index["z_v"].shape[1]), np.float32))
         self._codes_fn = jax.jit(self._codes_eager)
+        self._search_cache: dict[str, tuple[list[str], jax.Array]] = {}
         self.bundle_id = hashlib.sha256(json.dumps(manifest["files"], sort_keys=True).encode()).hexdigest()[:16]
 
     # ---------------------------------------------------------------------------------------- loading
@@ -364,9 +366,17 @@ class Tagger:
         z = self.model.transform(x_s=s)[1]
         return np.asarray(z), known, unknown
 
-    def _collection(self, collection: str) -> tuple[list[str], np.ndarray]:
+    def _collection(self, collection: str) -> tuple[list[str], jax.Array]:
         if collection not in COLLECTIONS:
             raise ValueError(f"collection must be one of {COLLECTIONS}, got {collection!r}")
+        # Kept on the device, L2-normalised, between queries (a 100,000-image index is not copied or normalised
+        # again per query); reset by add_codes.
+        if collection not in self._search_cache:
+            names, codes = self._gather(collection)
+            self._search_cache[collection] = (names, rec_lib.l2_normalize(jnp.asarray(codes)))
+        return self._search_cache[collection]
+
+    def _gather(self, collection: str) -> tuple[list[str], np.ndarray]:
         names, codes = [], []
         if collection in ("all", "training"):
             names += self._items["paths"] or self._items["ids"]
@@ -393,7 +403,9 @@ class Tagger:
         if not names:
             return Hits([], known, unknown)
         k = min(int(k), len(names))
-        sims, idx = rec_lib.chunked_topk(jnp.asarray(z), jnp.asarray(codes), k=k)
+        # One query: a single item chunk up to _SEARCH_CHUNK items (one (1, n) block; no padded copy of the index).
+        sims, idx = rec_lib.chunked_topk(rec_lib.l2_normalize(jnp.asarray(z)), codes, k=k, cosine=False,
+                                         item_chunk=min(len(names), _SEARCH_CHUNK))
         sims, idx = np.asarray(sims)[0], np.asarray(idx)[0]
         return Hits([(names[i], float(s)) for i, s in zip(idx, sims)], known, unknown)
 
@@ -409,12 +421,17 @@ class Tagger:
         feats, ok, failed = self.features(items, batch_size=batch_size)
         names = [os.fspath(p) if isinstance(p, (str, os.PathLike)) else f"array:{len(self._added.paths) + i}"
                  for i, p in enumerate(items)]
-        self._add([names[i] for i in np.flatnonzero(ok)], self.visual_codes(feats[ok]))
+        self.add_codes([names[i] for i in np.flatnonzero(ok)], self.visual_codes(feats[ok]))
         return {"added": int(ok.sum()), "failed": failed}
 
-    def _add(self, paths: list[str], codes: np.ndarray) -> None:
+    def add_codes(self, paths: Sequence[str], codes: np.ndarray) -> None:
+        """Adds images by their common-space codes ``(n, k)`` (from :meth:`visual_codes`) to the searchable set."""
+        codes = np.asarray(codes, np.float32)
+        if codes.shape != (len(paths), self._added.codes.shape[1]):
+            raise ValueError(f"codes {codes.shape} must be ({len(paths)}, {self._added.codes.shape[1]})")
         self._added = ImageIndex(self._added.paths + list(paths),
                                  np.concatenate([self._added.codes, np.asarray(codes, np.float32)]))
+        self._search_cache = {}
 
     def save_index(self, path: str | os.PathLike) -> pathlib.Path:
         """Writes the added images' index (reloadable with :meth:`load_index`, by this bundle and model only)."""
@@ -438,7 +455,7 @@ class Tagger:
             paths = [p if root is None else os.path.join(root, p) for p in shard["paths"]]
             if len(paths) != len(codes):
                 raise ValueError(f"{js}: {len(paths)} paths but {len(codes)} codes")
-            self._add(paths, codes)
+            self.add_codes(paths, codes)
             n += len(paths)
         return n
 
