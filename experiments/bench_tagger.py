@@ -24,6 +24,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
+from _measure import median_rate
 from dcca_jax import Tagger
 from dcca_jax.tagging.tagger import list_images
 from dcca_jax.visual import extract
@@ -39,15 +40,6 @@ _QUERIES = flags.DEFINE_integer("queries", 100, "Search queries timed.")
 _QUERY_TAGS = flags.DEFINE_integer("query_tags", 2, "Tags per query.")
 _K = flags.DEFINE_integer("k", 20, "Hits per query.")
 _OUT = flags.DEFINE_string("out", "results/bench/tagger.json", "JSON output (a .md is written beside it).")
-
-
-def _rate(fn, n, repeats):
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return n / statistics.median(times), times
 
 
 def main(argv):
@@ -66,13 +58,13 @@ def main(argv):
             extract.extract_features(paths, backbone=backbone, batch_size=_BATCH.value)
 
         extract_only()
-        out["extract_images_per_s"], out["extract_seconds"] = _rate(extract_only, n, _REPEATS.value)
+        out["extract_images_per_s"], out["extract_seconds"] = median_rate(extract_only, n, _REPEATS.value)
 
     def tag_all():
         tg.tag(paths, n=5, batch_size=_BATCH.value)
 
     tag_all()
-    out["tag_images_per_s"], out["tag_seconds"] = _rate(tag_all, n, _REPEATS.value)
+    out["tag_images_per_s"], out["tag_seconds"] = median_rate(tag_all, n, _REPEATS.value)
 
     k_dim = tg.visual_codes(tg.features(paths[:1])[0]).shape[1]
     rng = np.random.default_rng(0)
