@@ -68,7 +68,7 @@ def test_outputs_parse_and_hold_sane_values(run):
     assert (workdir / "tagger" / "manifest.json").exists()
     md = (workdir / "tables.md").read_text()
     assert all(m in md for m in METHODS)
-    for png in ("table1_ccs.png", "ap_ar.png"):
+    for png in ("table1_ccs.png", "ap_ar.png", "retrieval_per_word_ap.png"):
         assert (workdir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

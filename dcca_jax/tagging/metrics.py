@@ -381,3 +381,45 @@ def random_ranking_ap(n_items: ArrayLike, n_relevant: ArrayLike) -> np.ndarray:
     r = np.asarray(n_relevant, np.float64)
     h = np.vectorize(lambda m: np.sum(1.0 / np.arange(1, int(m) + 1)))(n)
     return h / n + np.where(n > 1, (r - 1) * (n - h) / np.maximum(n * (n - 1), 1.0), 0.0)
+
+
+def paired_bootstrap_map(aps: Mapping[str, ArrayLike], *, reference: str, n_boot: int = 1000, seed: int = 0,
+                         level: float = 0.95) -> dict[str, dict[str, float]]:
+    r"""Bootstrap intervals of mAP and of mAP differences against ``reference``, resampling the queries.
+
+    Every method is evaluated on the same resampled queries (paired), so the interval of a difference is much
+    narrower than the two mAP intervals suggest. Queries whose AP is NaN (no relevant item) are dropped first;
+    they are the same for every method evaluated on the same ground truth.
+
+    Args:
+      aps: method -> (n_queries,) per-query AP (:func:`average_precision`), same queries in the same order.
+      reference: the method the differences are taken against.
+      n_boot: bootstrap resamples.
+      seed: numpy seed of the resampling.
+      level: coverage of the percentile intervals.
+
+    Returns:
+      method -> ``{"mAP", "mAP_lo", "mAP_hi", "diff", "diff_lo", "diff_hi"}`` (diff = method - reference).
+    """
+    arrays = {m: np.asarray(a, np.float64) for m, a in aps.items()}
+    if reference not in arrays:
+        raise ValueError(f"reference {reference!r} is not among the methods {sorted(arrays)}")
+    shapes = {a.shape for a in arrays.values()}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 1:
+        raise ValueError(f"per-query APs must be 1-D arrays of one length; got shapes {sorted(shapes)}")
+    keep = np.isfinite(arrays[reference])
+    n = int(keep.sum())
+    if n == 0:
+        raise ValueError("no query has a relevant item")
+    counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=n_boot) / n  # (B, n) weights
+    ref = arrays[reference][keep]
+    q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
+    out = {}
+    for m, a in arrays.items():
+        a = a[keep]
+        boot, diff = counts @ a, counts @ (a - ref)
+        lo, hi = np.percentile(boot, q)
+        dlo, dhi = np.percentile(diff, q)
+        out[m] = {"mAP": float(a.mean()), "mAP_lo": float(lo), "mAP_hi": float(hi), "diff": float((a - ref).mean()),
+                  "diff_lo": float(dlo), "diff_hi": float(dhi)}
+    return out

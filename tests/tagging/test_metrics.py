@@ -144,3 +144,19 @@ def test_random_ranking_ap_against_enumeration():
         scores = np.broadcast_to(-np.arange(n, dtype=float), perms.shape)  # rank = position
         brute = np.asarray(metrics.average_precision(scores, perms)).mean()
         assert metrics.random_ranking_ap(n, r) == pytest.approx(brute, rel=1e-6), (n, r)
+
+
+def test_paired_bootstrap_map():
+    rng = np.random.default_rng(0)
+    a = rng.random(200)
+    a[:5] = np.nan  # queries without a relevant item: dropped
+    b = a + 0.1
+    out = metrics.paired_bootstrap_map({"a": a, "b": b}, reference="a", n_boot=500)
+    assert out["a"]["diff"] == 0 and out["a"]["diff_lo"] == 0 and out["a"]["diff_hi"] == 0
+    assert out["b"]["diff"] == pytest.approx(0.1) and out["b"]["diff_lo"] == pytest.approx(0.1)
+    assert out["a"]["mAP"] == pytest.approx(np.nanmean(a))
+    assert out["a"]["mAP_lo"] < out["a"]["mAP"] < out["a"]["mAP_hi"]
+    # the percentile interval of a mean of 195 uniforms: about +/- 1.96 * 0.289 / sqrt(195) = +/- .041
+    assert out["a"]["mAP_hi"] - out["a"]["mAP_lo"] == pytest.approx(2 * 1.96 * np.nanstd(a) / np.sqrt(195), rel=0.2)
+    with pytest.raises(ValueError, match="reference"):
+        metrics.paired_bootstrap_map({"a": a}, reference="c")
