@@ -613,11 +613,9 @@ class Pipeline:
         atomic_write_text(self.workdir / "tables.md", report.markdown_tables(results))
         report.plot_correlation(results, self.workdir / "table1_ccs.png")
         report.plot_ap_ar(results, self.workdir / "ap_ar.png")
-        from dcca_jax.tagging import retrieval
-
         methods = [f"{MODEL_TITLES[m]} (transfer)" for m in self.config.models]
         methods += [f"{BASELINE_TITLES[b]} (transfer)" for b in self.config.baselines if b == "general_cca"]
-        retrieval.plot_per_word_ap(results["retrieval"], self.workdir / "retrieval_per_word_ap.png", methods=methods)
+        report.plot_per_word_ap(results, self.workdir / "retrieval_per_word_ap.png", methods=methods)
         return results
 
 

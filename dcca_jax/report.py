@@ -18,6 +18,7 @@ __all__ = [
     "table2_markdown",
     "plot_correlation",
     "plot_ap_ar",
+    "plot_per_word_ap",
     "plot_sweep",
     "gallery",
 ]
@@ -132,6 +133,26 @@ def plot_correlation(results: dict[str, Any], path: str | os.PathLike) -> pathli
     ax.set_xlabel("k (top-k canonical components)")
     ax.set_ylabel("cross-modal correlation score")
     ax.set_title("Table 1: training (solid) vs held-out (dashed)")
+    return _finish(plt, fig, ax, path, legend_size=7)
+
+
+def plot_per_word_ap(results: dict[str, Any], path: str | os.PathLike, *, methods: Sequence[str] | None = None
+                     ) -> pathlib.Path:
+    """Each word's tag-to-image AP against its training frequency (log scale), one series per method
+    (``results["retrieval"]["per_word"]``, :mod:`dcca_jax.tagging.retrieval`)."""
+    per_word = results["retrieval"]["per_word"]
+    freq = np.asarray(per_word["train_frequency"], np.float64)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, ap in per_word["t2i_AP"].items():
+        if methods is not None and label not in methods:
+            continue
+        ap = np.array([np.nan if v is None else v for v in ap])
+        ok = np.isfinite(ap) & (freq > 0)
+        ax.scatter(freq[ok], ap[ok], s=10, alpha=0.6, label=f"{label}: mAP {ap[ok].mean():.3f}")
+    ax.set_xscale("log")
+    ax.set_xlabel("training images carrying the word")
+    ax.set_ylabel("tag-to-image AP (test split)")
     return _finish(plt, fig, ax, path, legend_size=7)
 
 

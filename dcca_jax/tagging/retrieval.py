@@ -15,8 +15,6 @@ and counted.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 
 from dcca_jax.tagging import metrics as metrics_lib
@@ -104,32 +102,3 @@ def retrieval_markdown(retrieval: dict) -> str:
             lines.append(f"| {key} | {row[0]} | {row[1]} |")
     return "\n".join(lines)
 
-
-def plot_per_word_ap(retrieval: dict, path, *, methods: Sequence[str] | None = None):
-    """PNG: each word's tag-to-image AP against its training frequency (log scale), one series per method."""
-    import pathlib
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    per_word = retrieval["per_word"]
-    freq = np.asarray(per_word["train_frequency"], np.float64)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, ap in per_word["t2i_AP"].items():
-        if methods is not None and label not in methods:
-            continue
-        ap = np.array([np.nan if v is None else v for v in ap])
-        ok = np.isfinite(ap) & (freq > 0)
-        ax.scatter(freq[ok], ap[ok], s=10, alpha=0.6, label=f"{label}: mAP {ap[ok].mean():.3f}")
-    ax.set_xscale("log")
-    ax.set_xlabel("training images carrying the word")
-    ax.set_ylabel("tag-to-image AP (test split)")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    path = pathlib.Path(path)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
