@@ -63,13 +63,12 @@ def _package_version() -> str:
 
 def _write_json(path: pathlib.Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=1, sort_keys=True), encoding="utf-8")
+    _io.atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True))
 
 
 def _savez(path: pathlib.Path, **arrays) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})
+    _io.atomic_save_npz(path, **{k: np.asarray(v) for k, v in arrays.items()})
 
 
 # ---------------------------------------------------------------------------------------------- reading

@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dcca_jax._io import atomic_save_npy, atomic_write_json
 from dcca_jax.tagging import bundle as bundle_lib
 from dcca_jax.tagging import recommend as rec_lib
 from dcca_jax.visual import extract as extract_lib
@@ -95,9 +96,9 @@ class ImageIndex:
         d.mkdir(parents=True, exist_ok=True)
         meta = {"version": _JOB_VERSION, "kind": "index", "bundle": bundle_id, "model": model, "root": None,
                 "shard_size": max(len(self.paths), 1)}
-        extract_lib.atomic_write_json(str(d / "index.json"), meta)
-        extract_lib.atomic_save_npy(str(d / "shard_00000.npy"), np.asarray(self.codes, np.float32))
-        extract_lib.atomic_write_json(d / "shard_00000.json", {"paths": self.paths, "failed": []})
+        atomic_write_json(str(d / "index.json"), meta)
+        atomic_save_npy(str(d / "shard_00000.npy"), np.asarray(self.codes, np.float32))
+        atomic_write_json(d / "shard_00000.json", {"paths": self.paths, "failed": []})
         return d
 
 
@@ -498,7 +499,7 @@ class Tagger:
                     out["tags"].append([self.vocabulary[j] for j in idx[row][keep]])
                     out["scores"].append([float(scores[row, j]) for j in idx[row][keep]])
                     out["from_prior"].append([bool(b) for b in prior[row][keep]])
-            extract_lib.atomic_write_json(js, out)
+            atomic_write_json(js, out)
             yield out
 
     def index_folder(self, folder: str | os.PathLike, index_dir: str | os.PathLike, *, shard_size: int = 4096,
@@ -518,9 +519,9 @@ class Tagger:
                 failed += json.loads(js.read_text(encoding="utf-8"))["failed"]
                 continue
             feats, ok, bad = self._features_of_paths([str(root / p) for p in rel], batch_size)
-            extract_lib.atomic_save_npy(str(d / f"shard_{s:05d}.npy"), self.visual_codes(feats[ok]))
+            atomic_save_npy(str(d / f"shard_{s:05d}.npy"), self.visual_codes(feats[ok]))
             bad = [{"path": rel[f["index"]], "reason": f["reason"]} for f in bad]
-            extract_lib.atomic_write_json(js, {"paths": [rel[i] for i in np.flatnonzero(ok)], "failed": bad})
+            atomic_write_json(js, {"paths": [rel[i] for i in np.flatnonzero(ok)], "failed": bad})
             failed += bad
         n = self.load_index(d)
         return {"indexed": n, "failed": failed, "shards_done_before": before}
