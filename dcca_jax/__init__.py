@@ -18,5 +18,6 @@ from dcca_jax.objectives import (
     correlation_objective,
 )
 from dcca_jax.models.streaming import StreamingLinearCCA, fit_streaming_cca
+from dcca_jax.tagging.tagger import Tagger
 
 __version__ = "0.1.0"

@@ -36,6 +36,7 @@ from dcca_jax.visual import autoencoder as ae_lib
 from dcca_jax.data import datasets as data_lib
 from dcca_jax.semantic import deepwords
 from dcca_jax.visual import extract as extract_lib
+from dcca_jax.visual import handcrafted as handcrafted_lib
 from dcca_jax.tagging import metrics as metrics_lib
 from dcca_jax.tagging import recommend as rec_lib
 from dcca_jax.data import synthetic
@@ -44,7 +45,7 @@ from dcca_jax.baselines import cca_knn as cca_knn_lib
 from dcca_jax.baselines import general_cca as general_cca_lib
 from dcca_jax.baselines import jec as jec_lib
 from dcca_jax.models.cca import LinearCCA
-from dcca_jax._io import atomic_save_npy, atomic_write_text, config_key, jsonable, package_versions
+from dcca_jax._io import atomic_save_npy, atomic_save_npz, atomic_write_text, config_key, jsonable, package_versions
 
 __all__ = [
     "pipeline_config",
@@ -272,6 +273,8 @@ class Pipeline:
         c = self.config.visual
         name = self._backbone_name()
         payload = {"data": data["fingerprint"], "backbone": name}
+        if name == "handcrafted":
+            payload["standardise"] = "train"  # Gabor statistics of the training split, saved for the tagger
         if name in ("mobilenet_v2", "alexnet"):
             payload["crop_fraction"] = c.crop_fraction
         if name == "mobilenet_v2":
@@ -282,12 +285,18 @@ class Pipeline:
 
         def compute(d):
             info = {"backbone": name, "failed": []}
+            hc_stats = None
+            if name == "handcrafted":
+                hc_stats = handcrafted_lib.gabor_statistics(jec_lib.compute_jec_features(
+                    splits["train"].image_paths, cache_path=self._jec_cache("train")))
+                atomic_save_npz(d / "handcrafted_stats.npz", gabor_mean=hc_stats[0], gabor_std=hc_stats[1])
             for split_name, split in splits.items():
                 if name == "precomputed":
                     feats = np.asarray(split.features, np.float32)
                     ok = np.isfinite(feats).all(1)
                 elif name == "handcrafted":
-                    feats = handcrafted_features(split.image_paths, cache_path=self._jec_cache(split_name))
+                    feats = handcrafted_features(split.image_paths, cache_path=self._jec_cache(split_name),
+                                                 stats=hc_stats)
                     ok = np.ones(len(feats), bool)
                 else:
                     bcfg = extract_lib.backbone_config()
@@ -553,8 +562,16 @@ class Pipeline:
                                     "objective": info.get("objective")}
         return out
 
+    def retrieval_table(self) -> dict:
+        """Cross-modal retrieval (image-to-tag, tag-to-image) of every method on the test split
+        (:mod:`dcca_jax.tagging.retrieval`)."""
+        from dcca_jax.tagging import retrieval
+
+        return retrieval.pipeline_retrieval(self)
+
     def run(self) -> dict:
-        """Every stage, then ``results.json``, ``tables.md`` and the figures; returns the results."""
+        """Every stage, then ``results.json``, ``tables.md``, the figures and the tagger bundle
+        (``workdir/tagger``, :mod:`dcca_jax.tagging.bundle`); returns the results."""
         t0 = time.perf_counter()
         data = self.stage_data()
         cnn = self.stage_cnn()
@@ -571,16 +588,24 @@ class Pipeline:
             "semantic": {"dim": int(sem["train"].shape[1]), "reports": sem["reports"]},
             "table1_correlation": table1,
             "table2_recommendation": table2,
+            "retrieval": self.retrieval_table(),
             "config": jsonable(self.config),
             "versions": package_versions(),
             "seconds_this_run": time.perf_counter() - t0,
         }
+        if self.config.models:
+            from dcca_jax.tagging import bundle
+
+            results["tagger"] = bundle.export_bundle(self, self.workdir / "tagger")
         atomic_write_text(self.workdir / "results.json", json.dumps(jsonable(results), indent=2))
         from dcca_jax import report
 
         atomic_write_text(self.workdir / "tables.md", report.markdown_tables(results))
         report.plot_correlation(results, self.workdir / "table1_ccs.png")
         report.plot_ap_ar(results, self.workdir / "ap_ar.png")
+        methods = [f"{MODEL_TITLES[m]} (transfer)" for m in self.config.models]
+        methods += [f"{BASELINE_TITLES[b]} (transfer)" for b in self.config.baselines if b == "general_cca"]
+        report.plot_per_word_ap(results, self.workdir / "retrieval_per_word_ap.png", methods=methods)
         return results
 
 
@@ -588,22 +613,13 @@ MODEL_TITLES = {"cca": "DMFR&CCA", "kcca": "DMFR&KCCA", "dcca": "DMFR&DCCA"}
 BASELINE_TITLES = {"jec": "JEC", "general_cca": "General CCA", "cca_knn": "CCA-KNN"}
 
 
-def handcrafted_features(paths, *, cache_path=None) -> np.ndarray:
-    """A CNN-free visual feature for machines without pretrained weights (1,216-d).
-
-    JEC's HSV and LAB joint histograms coarsened to 8 bins per channel (512 each, square-rooted: the
-    Hellinger map, so that Euclidean geometry matches the Bhattacharyya similarity) and its 192 Gabor
-    energies, standardised.
-    """
+def handcrafted_features(paths, *, cache_path=None, stats=None) -> np.ndarray:
+    """A CNN-free visual feature for machines without pretrained weights (1,216-d,
+    :mod:`dcca_jax.visual.handcrafted`); ``stats`` = the training (mean, std) of the Gabor energies (default:
+    those of ``paths``)."""
     feats = jec_lib.compute_jec_features(paths, cache_path=cache_path)
-
-    def coarse(h):
-        h = h.reshape(len(h), 8, 2, 8, 2, 8, 2).sum(axis=(2, 4, 6)).reshape(len(h), 512)
-        return np.sqrt(np.maximum(h, 0))
-
-    gabor = feats["gabor"]
-    gabor = (gabor - gabor.mean(0)) / (gabor.std(0) + 1e-6) / np.sqrt(gabor.shape[1])
-    return np.concatenate([coarse(feats["hsv"]), coarse(feats["lab"]), gabor], axis=1).astype(np.float32)
+    mean, std = handcrafted_lib.gabor_statistics(feats) if stats is None else stats
+    return handcrafted_lib.handcrafted_from_jec(feats, gabor_mean=mean, gabor_std=std)
 
 
 def run_pipeline(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, progress: bool = False) -> dict:

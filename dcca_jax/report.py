@@ -18,6 +18,7 @@ __all__ = [
     "table2_markdown",
     "plot_correlation",
     "plot_ap_ar",
+    "plot_per_word_ap",
     "plot_sweep",
     "gallery",
 ]
@@ -103,6 +104,20 @@ def markdown_tables(results: dict[str, Any]) -> str:
               "Places with no positive score are filled from the training tag prior (most frequent first; "
               "--config.recommend.fill=none leaves them empty); the last column counts them.",
               "", table2_markdown(results["table2_recommendation"]), ""]
+    if results.get("retrieval"):
+        from dcca_jax.tagging import retrieval
+
+        parts += ["## Cross-modal retrieval (test split)", "",
+                  "Image-to-tag ranks the vocabulary for each test image; tag-to-image ranks the test images for "
+                  "each word (relevant = the image carries it). Label transfer: the method's tag scores (what "
+                  "`Tagger.tag` ranks); common-space cosine: image and word projections (what `Tagger.search` "
+                  f"ranks). Convention: {results['retrieval']['convention']}.", "",
+                  retrieval.retrieval_markdown(results["retrieval"]), ""]
+    if results.get("tagger"):
+        t = results["tagger"]
+        parts += [f"Tagger bundle: `{t['path']}` (default model {t['default_model']}, the best validation "
+                  "per-word F1: " + ", ".join(f"{m} {v['val_per_word_F1']:.3f}" for m, v in t["models"].items())
+                  + ").", ""]
     return "\n".join(parts)
 
 
@@ -118,6 +133,26 @@ def plot_correlation(results: dict[str, Any], path: str | os.PathLike) -> pathli
     ax.set_xlabel("k (top-k canonical components)")
     ax.set_ylabel("cross-modal correlation score")
     ax.set_title("Table 1: training (solid) vs held-out (dashed)")
+    return _finish(plt, fig, ax, path, legend_size=7)
+
+
+def plot_per_word_ap(results: dict[str, Any], path: str | os.PathLike, *, methods: Sequence[str] | None = None
+                     ) -> pathlib.Path:
+    """Each word's tag-to-image AP against its training frequency (log scale), one series per method
+    (``results["retrieval"]["per_word"]``, :mod:`dcca_jax.tagging.retrieval`)."""
+    per_word = results["retrieval"]["per_word"]
+    freq = np.asarray(per_word["train_frequency"], np.float64)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, ap in per_word["t2i_AP"].items():
+        if methods is not None and label not in methods:
+            continue
+        ap = np.array([np.nan if v is None else v for v in ap])
+        ok = np.isfinite(ap) & (freq > 0)
+        ax.scatter(freq[ok], ap[ok], s=10, alpha=0.6, label=f"{label}: mAP {ap[ok].mean():.3f}")
+    ax.set_xscale("log")
+    ax.set_xlabel("training images carrying the word")
+    ax.set_ylabel("tag-to-image AP (test split)")
     return _finish(plt, fig, ax, path, legend_size=7)
 
 

@@ -32,9 +32,19 @@ def test_outputs_parse_and_hold_sane_values(pipeline_run):
         ap, ar = m["per_image/AP"], m["per_image/AR"]
         assert m["per_image/AF"] == pytest.approx(2 * ap * ar / (ap + ar), rel=1e-6)
     assert on_disk["versions"]["jax"] and on_disk["config"]["data"]["kind"] == "synthetic"
+    retrieval = on_disk["retrieval"]
+    assert retrieval["transfer"].keys() == METHODS
+    assert set(retrieval["common_space"]) == {"DMFR&CCA", "DMFR&KCCA", "DMFR&DCCA"}
+    for kind in ("transfer", "common_space"):
+        for method, m in retrieval[kind].items():
+            assert all(0.0 <= m[k] <= 1.0 for k in ("i2t/mAP", "t2i/mAP", "t2i/P@10")), (kind, method, m)
+            assert m["i2t/n_queries"] + m["i2t/n_no_relevant"] == on_disk["dataset"]["n_test"]
+            assert m["t2i/n_queries"] + m["t2i/n_no_relevant"] == on_disk["dataset"]["vocabulary"]
+    assert on_disk["tagger"]["default_model"] in ("cca", "kcca", "dcca")
+    assert (workdir / "tagger" / "manifest.json").exists()
     md = (workdir / "tables.md").read_text()
     assert all(m in md for m in METHODS)
-    for png in ("table1_ccs.png", "ap_ar.png"):
+    for png in ("table1_ccs.png", "ap_ar.png", "retrieval_per_word_ap.png"):
         assert (workdir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

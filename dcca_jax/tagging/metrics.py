@@ -24,6 +24,9 @@ Edge cases (decided here, and the same everywhere in the project):
 * A word **never predicted** has precision 0/0; it counts as P = 0 (the literature's convention; FINDINGS.md).
 * A word **absent from the ground truth** of the evaluated images has an undefined recall; it is excluded from the
   word averages and counted in ``per_word/n_absent`` (none on the Corel5k test split: all 260 words occur).
+* Retrieval (:func:`retrieval_metrics`): a query with **no relevant item** (an image without tags, a word that no
+  evaluated image carries) has an undefined AP; it is excluded from mAP and P@k and counted in
+  ``i2t/n_no_relevant`` / ``t2i/n_no_relevant``. Equal scores keep the item order (a stable sort).
 
 References:
   Makadia, Pavlovic, Kumar. A new baseline for image annotation. ECCV 2008 (per-word protocol).
@@ -278,4 +281,145 @@ def paired_bootstrap(predicted_a: ArrayLike, predicted_b: ArrayLike, truth: Arra
             "p_le_0": float(np.mean(d <= 0)),
             "boot_mean": float(np.mean(d)),
         }
+    return out
+
+
+# ------------------------------------------------------------------------------------- cross-modal retrieval
+@jax.jit
+def _ranked_relevance(scores: jax.Array, relevant: jax.Array) -> jax.Array:
+    # NaN and -inf rank last; equal scores keep the items' order (a stable sort): the stated tie rule.
+    s = jnp.where(jnp.isnan(scores), -jnp.inf, scores)
+    order = jnp.argsort(-s, axis=-1, stable=True)
+    return jnp.take_along_axis(relevant, order, axis=-1)
+
+
+def average_precision(scores: ArrayLike, relevant: ArrayLike) -> jax.Array:
+    r"""Average precision of each query's ranking of the items (one row per query).
+
+    .. math::
+        \mathrm{AP}_q = \frac{1}{R_q} \sum_{k=1}^{N} \mathrm{rel}_{q,(k)}\,
+        \frac{\sum_{j \le k} \mathrm{rel}_{q,(j)}}{k}
+
+    Items are ranked by score, highest first; equal scores keep the item order (stable), NaN and -inf rank last.
+    A query with no relevant item (:math:`R_q = 0`) has an undefined AP: NaN here, excluded from the means of
+    :func:`retrieval_metrics` and counted there.
+
+    Args:
+      scores: (n_q, N) scores of every item for every query.
+      relevant: (n_q, N) 0/1, 1 where the item is relevant to the query.
+
+    Returns:
+      (n_q,) AP, NaN where the query has no relevant item.
+    """
+    s, r = jnp.asarray(scores), jnp.asarray(relevant)
+    if s.ndim != 2 or s.shape != r.shape:
+        raise ValueError(f"scores {s.shape} and relevant {r.shape} must be (n_queries, n_items) matrices")
+    rel = (_ranked_relevance(s, r) > 0).astype(jnp.float32)
+    hits = jnp.cumsum(rel, axis=-1)
+    ranks = jnp.arange(1, s.shape[1] + 1, dtype=jnp.float32)
+    n_rel = rel.sum(-1)
+    ap = (rel * hits / ranks).sum(-1) / jnp.maximum(n_rel, 1.0)
+    return jnp.where(n_rel > 0, ap, jnp.nan)
+
+
+def precision_at_k(scores: ArrayLike, relevant: ArrayLike, *, k: int = 10) -> jax.Array:
+    r"""Precision of each query's top k items, :math:`\frac{1}{k}\sum_{j \le k} \mathrm{rel}_{q,(j)}` (same ranking
+    and tie rule as :func:`average_precision`; NaN where the query has no relevant item; k is capped at N)."""
+    s, r = jnp.asarray(scores), jnp.asarray(relevant)
+    if s.ndim != 2 or s.shape != r.shape:
+        raise ValueError(f"scores {s.shape} and relevant {r.shape} must be (n_queries, n_items) matrices")
+    k = min(int(k), s.shape[1])
+    rel = (_ranked_relevance(s, r) > 0).astype(jnp.float32)
+    p = rel[:, :k].sum(-1) / k
+    return jnp.where(rel.sum(-1) > 0, p, jnp.nan)
+
+
+def retrieval_metrics(scores: ArrayLike, truth: ArrayLike, *, k: int = 10) -> dict[str, float | int]:
+    """The cross-modal retrieval protocol on one (n_images, V) image-tag score matrix.
+
+    * image-to-tag (``i2t/``): each image is a query and ranks the V words (a row of ``scores``);
+    * tag-to-image (``t2i/``): each word is a query and ranks the n images (a column); relevant = the image
+      carries the word.
+
+    Convention: a query with no relevant item (an image without tags; a word that no evaluated image carries) is
+    excluded from the means and counted in ``*/n_no_relevant``; ``*/n_queries`` counts the queries averaged.
+
+    Args:
+      scores: (n_images, V) scores (higher = more related).
+      truth: (n_images, V) 0/1 ground truth.
+      k: the cut-off of tag-to-image precision (P@10 by default).
+
+    Returns:
+      ``{"i2t/mAP", "i2t/n_queries", "i2t/n_no_relevant", "t2i/mAP", "t2i/P@10", "t2i/n_queries",
+      "t2i/n_no_relevant"}`` as Python numbers.
+    """
+    s, t = jnp.asarray(scores), jnp.asarray(truth)
+    if s.ndim != 2 or s.shape != t.shape:
+        raise ValueError(f"scores {s.shape} and truth {t.shape} must both be (n_images, V)")
+    i2t = np.asarray(average_precision(s, t))
+    t2i = np.asarray(average_precision(s.T, t.T))
+    p_k = np.asarray(precision_at_k(s.T, t.T, k=k))
+    ok_i, ok_t = np.isfinite(i2t), np.isfinite(t2i)
+
+    def mean(x, ok):
+        return float(x[ok].mean()) if ok.any() else float("nan")
+
+    return {"i2t/mAP": mean(i2t, ok_i), "i2t/n_queries": int(ok_i.sum()), "i2t/n_no_relevant": int((~ok_i).sum()),
+            "t2i/mAP": mean(t2i, ok_t), f"t2i/P@{k}": mean(p_k, ok_t), "t2i/n_queries": int(ok_t.sum()),
+            "t2i/n_no_relevant": int((~ok_t).sum())}
+
+
+def random_ranking_ap(n_items: ArrayLike, n_relevant: ArrayLike) -> np.ndarray:
+    r"""Expected AP of a uniformly random ranking of N items of which R are relevant (R >= 1).
+
+    .. math::
+        \mathbb{E}[\mathrm{AP}] = \frac{H_N}{N} + \frac{(R - 1)(N - H_N)}{N (N - 1)},\qquad H_N = \sum_{k=1}^N 1/k
+
+    (from :math:`\mathbb{E}[\mathrm{rel}_k \sum_{j \le k} \mathrm{rel}_j] = R/N + (k-1) R (R-1) / (N (N-1))`).
+    """
+    n = np.asarray(n_items, np.float64)
+    r = np.asarray(n_relevant, np.float64)
+    h = np.vectorize(lambda m: np.sum(1.0 / np.arange(1, int(m) + 1)))(n)
+    return h / n + np.where(n > 1, (r - 1) * (n - h) / np.maximum(n * (n - 1), 1.0), 0.0)
+
+
+def paired_bootstrap_map(aps: Mapping[str, ArrayLike], *, reference: str, n_boot: int = 1000, seed: int = 0,
+                         level: float = 0.95) -> dict[str, dict[str, float]]:
+    r"""Bootstrap intervals of mAP and of mAP differences against ``reference``, resampling the queries.
+
+    Every method is evaluated on the same resampled queries (paired), so the interval of a difference is much
+    narrower than the two mAP intervals suggest. Queries whose AP is NaN (no relevant item) are dropped first;
+    they are the same for every method evaluated on the same ground truth.
+
+    Args:
+      aps: method -> (n_queries,) per-query AP (:func:`average_precision`), same queries in the same order.
+      reference: the method the differences are taken against.
+      n_boot: bootstrap resamples.
+      seed: numpy seed of the resampling.
+      level: coverage of the percentile intervals.
+
+    Returns:
+      method -> ``{"mAP", "mAP_lo", "mAP_hi", "diff", "diff_lo", "diff_hi"}`` (diff = method - reference).
+    """
+    arrays = {m: np.asarray(a, np.float64) for m, a in aps.items()}
+    if reference not in arrays:
+        raise ValueError(f"reference {reference!r} is not among the methods {sorted(arrays)}")
+    shapes = {a.shape for a in arrays.values()}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 1:
+        raise ValueError(f"per-query APs must be 1-D arrays of one length; got shapes {sorted(shapes)}")
+    keep = np.isfinite(arrays[reference])
+    n = int(keep.sum())
+    if n == 0:
+        raise ValueError("no query has a relevant item")
+    counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=n_boot) / n  # (B, n) weights
+    ref = arrays[reference][keep]
+    q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
+    out = {}
+    for m, a in arrays.items():
+        a = a[keep]
+        boot, diff = counts @ a, counts @ (a - ref)
+        lo, hi = np.percentile(boot, q)
+        dlo, dhi = np.percentile(diff, q)
+        out[m] = {"mAP": float(a.mean()), "mAP_lo": float(lo), "mAP_hi": float(hi), "diff": float((a - ref).mean()),
+                  "diff_lo": float(dlo), "diff_hi": float(dhi)}
     return out

@@ -14,7 +14,6 @@ import json
 import os
 import pathlib
 import platform
-import statistics
 import time
 
 import jax
@@ -22,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from _measure import median_rate
 from dcca_jax.visual import extract
 from dcca_jax.visual import images
 from dcca_jax.visual import mobilenet
@@ -35,15 +35,6 @@ _THREADS = flags.DEFINE_integer("threads", os.cpu_count() or 1, "TFLite interpre
 _MODEL = flags.DEFINE_string("model", os.path.join(SHARED, "models", "mobilenet_v2_1.0_224_quant",
                                                    "mobilenet_v2_1.0_224_quant.tflite"), "TFLite file.")
 _DATA = flags.DEFINE_string("data", os.path.join(SHARED, "data", "corel5k"), "Corel5k folder.")
-
-
-def _median_rate(fn, n, repeats):
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return n / statistics.median(times), times
 
 
 def main(argv):
@@ -76,7 +67,7 @@ def main(argv):
         def run(fn=fn):
             return [jax.block_until_ready(fn(b)["features"]) for b in xb]
 
-        rate, times = _median_rate(run, n, _REPEATS.value)
+        rate, times = median_rate(run, n, _REPEATS.value)
         jax_feats[emulate] = np.concatenate([np.asarray(f) for f in run()])[:n].astype(np.float64)
         jax_top1[emulate] = np.concatenate([np.asarray(fn(b)["logits"]).argmax(1) for b in xb])[:n]
         rows.append({"engine": f"JAX MobileNetV2 ({'uint8-emulating' if emulate else 'float'}), batch {bs}",
@@ -86,7 +77,7 @@ def main(argv):
     cfg.mobilenet_v2.tflite_path = _MODEL.value
     bb = extract.build_backbone(cfg)
     extract.extract_features(paths[:bs], backbone=bb, batch_size=bs)  # compile
-    rate, times = _median_rate(lambda: extract.extract_features(paths, backbone=bb, batch_size=bs), n, _REPEATS.value)
+    rate, times = median_rate(lambda: extract.extract_features(paths, backbone=bb, batch_size=bs), n, _REPEATS.value)
     rows.append({"engine": f"dcca_jax extract_features end to end (decode thread + JAX), batch {bs}",
                  "images_per_s": rate, "times_s": times})
 
@@ -116,7 +107,7 @@ def main(argv):
                 return out, probs
 
             run_tfl()  # warm-up
-            rate, times = _median_rate(run_tfl, n, _REPEATS.value)
+            rate, times = median_rate(run_tfl, n, _REPEATS.value)
             s, z = det["quantization"]
             feats_u8, probs = run_tfl()
             tfl_feats = (np.stack(feats_u8).astype(np.float64) - z) * s

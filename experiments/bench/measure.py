@@ -1,4 +1,4 @@
-"""Shared helpers of the semantic-view measurement scripts (not part of the library).
+"""Shared helpers of the measurement scripts (not part of the library).
 
 MobileNetV2 pre-logits features through the TFLite interpreter (ai-edge-litert, a test extra), cached to
 .npy; a linear-CCA + kNN label-transfer evaluation with both metric families. The pipeline proper uses
@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import os
 import pathlib
+import statistics
+import time
 
 import numpy as np
 from PIL import Image
@@ -101,3 +103,13 @@ def cca_eval(xv_tr, xs_tr, xv_te, xs_te, y_tr, y_te, *, n_components, ridge_rel,
     m["ccs_test"] = {str(t): float(curve[min(t, len(curve)) - 1]) for t in (1, 5, 10, 20)}
     m["n_components"] = n_components
     return m
+
+
+def median_rate(fn, n, repeats):
+    """Items per second of ``fn`` (which handles n items) over ``repeats`` timed calls (median), and the times."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return n / statistics.median(times), times

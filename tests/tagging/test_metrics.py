@@ -102,3 +102,61 @@ def test_paired_bootstrap_intervals():
 def test_top_n_skips_minus_infinity():
     s = np.array([[0.3, -np.inf, 0.1, -np.inf], [1.0, 2.0, 3.0, 4.0]])
     np.testing.assert_array_equal(metrics.top_n_indicator(s, n=3), [[1, 0, 1, 0], [0, 1, 1, 1]])
+
+
+# ------------------------------------------------------------------------------------- cross-modal retrieval
+# 3 images x 4 words; image 2 has no tag (no relevant word: excluded from i2t), word 3 no image (excluded from t2i).
+R_SCORES = np.array([[.9, .6, .1, .3],
+                     [.5, .4, .6, .0],
+                     [.7, .6, .1, .2]])
+R_TRUTH = np.array([[1, 0, 1, 0],
+                    [0, 1, 0, 0],
+                    [0, 0, 0, 0]])
+
+
+def test_retrieval_hand_computed():
+    m = metrics.retrieval_metrics(R_SCORES, R_TRUTH, k=2)
+    # image 0 ranks w0 (hit), w1, w3, w2 (hit): AP = (1/1 + 2/4) / 2; image 1 ranks w2, w0, w1 (hit): AP = 1/3.
+    assert m["i2t/mAP"] == pytest.approx((0.75 + 1 / 3) / 2)
+    assert (m["i2t/n_queries"], m["i2t/n_no_relevant"]) == (2, 1)
+    # w0: image 0 first (AP 1); w1: images 0 and 2 tie at .6 and keep their order, image 1 third (AP 1/3);
+    # w2: image 1, then image 0 (tied with image 2 at .1, earlier) second (AP 1/2). P@2: 1/2, 0, 1/2.
+    assert m["t2i/mAP"] == pytest.approx((1 + 1 / 3 + 1 / 2) / 3)
+    assert m["t2i/P@2"] == pytest.approx(1 / 3)
+    assert (m["t2i/n_queries"], m["t2i/n_no_relevant"]) == (3, 1)
+    ap = np.asarray(metrics.average_precision(R_SCORES, R_TRUTH))
+    assert np.isnan(ap[2]) and ap[0] == pytest.approx(0.75)
+    np.testing.assert_allclose(jax.jit(metrics.average_precision)(R_SCORES, R_TRUTH), ap)
+
+
+def test_retrieval_nan_and_inf_rank_last_and_p_at_k_is_capped():
+    s = np.array([[np.nan, -np.inf, 0.1]])
+    assert float(metrics.average_precision(s, np.array([[0, 0, 1]]))[0]) == 1.0
+    assert float(metrics.precision_at_k(s, np.array([[1, 1, 1]]), k=10)[0]) == 1.0
+
+
+def test_random_ranking_ap_against_enumeration():
+    import itertools
+
+    for n, r in ((5, 2), (6, 1), (6, 3), (4, 4)):
+        rel = np.array([1] * r + [0] * (n - r))
+        perms = np.array([rel[list(p)] for p in itertools.permutations(range(n))])
+        scores = np.broadcast_to(-np.arange(n, dtype=float), perms.shape)  # rank = position
+        brute = np.asarray(metrics.average_precision(scores, perms)).mean()
+        assert metrics.random_ranking_ap(n, r) == pytest.approx(brute, rel=1e-6), (n, r)
+
+
+def test_paired_bootstrap_map():
+    rng = np.random.default_rng(0)
+    a = rng.random(200)
+    a[:5] = np.nan  # queries without a relevant item: dropped
+    b = a + 0.1
+    out = metrics.paired_bootstrap_map({"a": a, "b": b}, reference="a", n_boot=500)
+    assert out["a"]["diff"] == 0 and out["a"]["diff_lo"] == 0 and out["a"]["diff_hi"] == 0
+    assert out["b"]["diff"] == pytest.approx(0.1) and out["b"]["diff_lo"] == pytest.approx(0.1)
+    assert out["a"]["mAP"] == pytest.approx(np.nanmean(a))
+    assert out["a"]["mAP_lo"] < out["a"]["mAP"] < out["a"]["mAP_hi"]
+    # the percentile interval of a mean of 195 uniforms: about +/- 1.96 * 0.289 / sqrt(195) = +/- .041
+    assert out["a"]["mAP_hi"] - out["a"]["mAP_lo"] == pytest.approx(2 * 1.96 * np.nanstd(a) / np.sqrt(195), rel=0.2)
+    with pytest.raises(ValueError, match="reference"):
+        metrics.paired_bootstrap_map({"a": a}, reference="c")
