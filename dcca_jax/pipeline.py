@@ -176,14 +176,14 @@ class Pipeline:
         if c.data.kind != "synthetic" and not pathlib.Path(c.data.root).exists():
             raise PipelineError(f"config.data.root={c.data.root} does not exist: point it at the dataset folder.")
 
-    def _stage_dir(self, name: str) -> pathlib.Path:
+    def stage_dir(self, name: str) -> pathlib.Path:
         if self.variant and (name.startswith("model_") or name == "recommend"):
             name = f"{name}@{self.variant}"
         return self.workdir / "stages" / name
 
     def _run_stage(self, name: str, key_payload: dict, compute: Callable[[pathlib.Path], None]) -> tuple[pathlib.Path, str]:
         key = config_key({"stage": name, "version": STAGE_VERSION, **key_payload})
-        d = self._stage_dir(name)
+        d = self.stage_dir(name)
         key_file, done = d / "key.json", d / "DONE"
         if done.exists() and key_file.exists() and json.loads(key_file.read_text()).get("key") == key:
             logging.info("stage %s: up to date (key %s), skipped", name, key)
@@ -212,7 +212,7 @@ class Pipeline:
             return self._cache["data"]
         c = self.config
         if c.data.kind == "synthetic":
-            root = pathlib.Path(c.data.root) if c.data.root else self._stage_dir("data") / "synthetic"
+            root = pathlib.Path(c.data.root) if c.data.root else self.stage_dir("data") / "synthetic"
 
             def gen(d):
                 synthetic.generate(root, config=c.data.synthetic)
@@ -519,7 +519,7 @@ class Pipeline:
     def stage_recommend(self) -> dict:
         """Table 2: every baseline and every DMFR&model, same test rows, both metric families."""
         data = self.stage_data()
-        keys = {m: self._run_key_of(f"model_{m}") for m in self.config.models}
+        keys = {m: self.run_key_of(f"model_{m}") for m in self.config.models}
         payload = {"models": keys, "recommend": self.config.recommend, "cnn": self.stage_cnn()["key"],
                    "baselines": {b: self.config[b] for b in self.config.baselines},
                    "rows": config_key(self.rows()), "data": data["fingerprint"]}
@@ -542,14 +542,14 @@ class Pipeline:
     def recommend_scores(self) -> dict[str, np.ndarray]:
         """The (n_test, V) tag scores of every method of the recommend stage (runs it when needed), by name."""
         self.stage_recommend()
-        d = self._stage_dir("recommend")
+        d = self.stage_dir("recommend")
         names = list(self.config.baselines) + list(self.config.models)
         return {name: np.load(d / f"scores_{name}.npy") for name in names}
 
-    def _run_key_of(self, stage: str) -> str:
+    def run_key_of(self, stage: str) -> str:
         if stage.startswith("model_"):
             self.stage_model(stage[len("model_"):])
-        return json.loads((self._stage_dir(stage) / "key.json").read_text())["key"]
+        return json.loads((self.stage_dir(stage) / "key.json").read_text())["key"]
 
     # ------------------------------------------------------------------------------------------ report
     def correlation_table(self) -> dict:

@@ -9,7 +9,7 @@ in <tagger>/indexes/, resumable) and searched; without it, the tagger's training
 """
 from absl import app, flags
 
-import cli_common as common
+from experiments import cli_common as common
 from dcca_jax.tagging import outputs
 
 _TAGGER = flags.DEFINE_string("tagger", "runs/default/tagger", "Tagger bundle folder (<workdir>/tagger).")

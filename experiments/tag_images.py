@@ -7,7 +7,7 @@ tags.json (scores) and tags.html (a contact sheet). Resumable: work is kept in t
 """
 from absl import app, flags
 
-import cli_common as common
+from experiments import cli_common as common
 from dcca_jax.tagging import outputs
 
 _TAGGER = flags.DEFINE_string("tagger", "runs/default/tagger", "Tagger bundle folder (<workdir>/tagger).")

@@ -219,14 +219,14 @@ def export_bundle(pipeline, out_dir: str | os.PathLike, *, models=None, default:
     models = list(c.models if models is None else models)
     if not models:
         raise ValueError("export_bundle needs at least one correlation model (config.models is empty)")
-    data, cnn, rows = pipeline.stage_data(), pipeline.stage_cnn(), pipeline._rows()
+    data, cnn, rows = pipeline.stage_data(), pipeline.stage_cnn(), pipeline.rows()
     name = cnn["info"]["backbone"]
     out = pathlib.Path(out_dir)
     # What the bundle is made of: the keys of the stages it copies. An up-to-date, intact bundle is kept.
     stages = ["cnn", "autoencoder", "semantic"] + [f"model_{m}" for m in models]
-    source = _io.config_key({"stages": [pipeline._run_key_of(s) if s.startswith("model_") else
-                                           json.loads((pipeline._stage_dir(s) / "key.json").read_text())["key"]
-                                           for s in stages if (pipeline._stage_dir(s) / "key.json").exists()],
+    source = _io.config_key({"stages": [pipeline.run_key_of(s) if s.startswith("model_") else
+                                           json.loads((pipeline.stage_dir(s) / "key.json").read_text())["key"]
+                                           for s in stages if (pipeline.stage_dir(s) / "key.json").exists()],
                                 "models": models, "default": default, "recommend": c.recommend,
                                 "format_version": FORMAT_VERSION})
     try:
@@ -241,13 +241,13 @@ def export_bundle(pipeline, out_dir: str | os.PathLike, *, models=None, default:
     tmp.mkdir(parents=True)
 
     if name == "handcrafted":
-        stats = load_npz(pipeline._stage_dir("cnn") / "handcrafted_stats.npz")
+        stats = load_npz(pipeline.stage_dir("cnn") / "handcrafted_stats.npz")
         _savez(tmp / "backbone.npz", **stats)
     if c.visual.use_autoencoder:
         from dcca_jax.visual import autoencoder as ae_lib
 
-        ae_lib.TrainedAutoEncoder.load(pipeline._stage_dir("autoencoder") / "model").save(tmp / "autoencoder")
-    shutil.copytree(pipeline._stage_dir("semantic") / "encoder", tmp / "semantic")
+        ae_lib.TrainedAutoEncoder.load(pipeline.stage_dir("autoencoder") / "model").save(tmp / "autoencoder")
+    shutil.copytree(pipeline.stage_dir("semantic") / "encoder", tmp / "semantic")
 
     train = data["train"]
     keep = rows["train"]

@@ -217,7 +217,7 @@ class Tagger:
                 if bundle_lib.file_sha256(path) != spec["weights_sha256"]:
                     raise bundle_lib.BundleError(f"{path} is not the weights file this tagger was trained with "
                                                  f"(sha256 differs from {spec['weights_sha256'][:12]}...).")
-                cfg = extract_lib.default_backbone_config()
+                cfg = extract_lib.backbone_config()
                 cfg.backbone = spec["name"]
                 cfg.mobilenet_v2.tflite_path = path
                 cfg.mobilenet_v2.emulate_uint8 = bool(spec.get("emulate_uint8", True))
@@ -469,7 +469,7 @@ class Tagger:
                 "root": os.path.abspath(folder), "shard_size": int(shard_size),
                 "paths_sha256": hashlib.sha256("\n".join(files).encode()).hexdigest(), **extra}
         # A job folder made for other inputs is refused (the feature cache's rule), never silently mixed.
-        extract_lib._prepare_cache(str(d), meta)
+        extract_lib.prepare_cache(str(d), meta)
         shards = [files[i:i + shard_size] for i in range(0, len(files), shard_size)]
         return files, d, shards
 

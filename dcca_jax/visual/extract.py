@@ -145,7 +145,7 @@ def build_backbone(config: ml_collections.ConfigDict, *, dtype=jnp.float32) -> B
     raise ValueError(f"unknown backbone {name!r}; choose one of {BACKBONES}")
 
 
-def _prepare_cache(cache_dir: str, index: dict) -> None:
+def prepare_cache(cache_dir: str, index: dict) -> None:
     os.makedirs(cache_dir, exist_ok=True)
     index_path = os.path.join(cache_dir, "index.json")
     if os.path.exists(index_path):
@@ -204,7 +204,7 @@ def extract_features(paths: Sequence[str | os.PathLike], *, backbone: Backbone, 
         index = {"version": _CACHE_VERSION, "n": n, "shard_size": shard_size, "dim": backbone.dim,
                  "paths_sha256": hashlib.sha256("\n".join(paths).encode()).hexdigest(),
                  "preprocess": dataclasses.asdict(backbone.preprocess), **backbone.fingerprint}
-        _prepare_cache(cache_dir, index)
+        prepare_cache(cache_dir, index)
         for s in range(n_shards):
             npy = os.path.join(cache_dir, f"shard_{s:05d}.npy")
             js = os.path.join(cache_dir, f"shard_{s:05d}.failed.json")

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from _measure import median_rate
+from experiments.bench.measure import median_rate
 from dcca_jax.visual import extract
 from dcca_jax.visual import images
 from dcca_jax.visual import mobilenet

@@ -20,7 +20,7 @@ def run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("tagger_run")
     results = pipeline.run_pipeline(_test_config(), workdir)
     p = pipeline.Pipeline(_test_config(), workdir)
-    data, rows = p.stage_data(), p._rows()
+    data, rows = p.stage_data(), p.rows()
     test_paths = [os.fspath(data["test"].image_paths[i]) for i in rows["test"]]
     return {"workdir": workdir, "bundle": workdir / "tagger", "results": results, "pipeline": p,
             "test_paths": test_paths, "truth": p.views().labels["test"]}

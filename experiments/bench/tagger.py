@@ -1,7 +1,7 @@
 r"""Benchmark: the tagger's throughput from JPEG files to tags, beside CNN extraction alone, and search latency.
 
-  python experiments/bench_tagger.py --tagger=runs/corel5k/tagger --images=../shared/data/corel5k \
-      --out=results/bench/tagger.json
+  python experiments/bench/tagger.py --tagger=runs/corel5k/tagger --images=../shared/data/corel5k \
+      --workdir=results/bench
 
 - extraction: :func:`dcca_jax.visual.extract.extract_features` with the bundle's backbone (decode, crop, jitted
   network), images/s;
@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from _measure import median_rate
+from experiments.bench.measure import median_rate
 from dcca_jax import Tagger
 from dcca_jax.tagging.tagger import list_images
 from dcca_jax.visual import extract
@@ -39,7 +39,7 @@ _INDEX = flags.DEFINE_integer("index_size", 100_000, "Synthetic codes in the sea
 _QUERIES = flags.DEFINE_integer("queries", 100, "Search queries timed.")
 _QUERY_TAGS = flags.DEFINE_integer("query_tags", 2, "Tags per query.")
 _K = flags.DEFINE_integer("k", 20, "Hits per query.")
-_OUT = flags.DEFINE_string("out", "results/bench/tagger.json", "JSON output (a .md is written beside it).")
+_WORKDIR = flags.DEFINE_string("workdir", "results/bench", "Output folder: tagger.json and tagger.md go there.")
 
 
 def main(argv):
@@ -82,7 +82,7 @@ def main(argv):
                      "median_ms": statistics.median(ms), "p95_ms": float(np.percentile(ms, 95)),
                      "target_ms": 50.0}
     out["machine"]["load_average_after"] = os.getloadavg()
-    path = pathlib.Path(_OUT.value)
+    path = pathlib.Path(_WORKDIR.value) / "tagger.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1))
     s = out["search"]
