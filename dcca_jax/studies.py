@@ -118,7 +118,7 @@ def examples_gallery(config, workdir: str | os.PathLike, *, model: str = "dcca",
     data, rows = p.stage_data(), p._rows()
     r = p.recommend_with_model(model)
     scores = r["scores"]
-    n_tags = int(config.recommend.n_tags)
+    n_tags = int(p.config.recommend.n_tags)  # resolved from the data
     top = np.argsort(-scores, axis=1, kind="stable")[:, :n_tags]
     vocab = data["dataset"].vocabulary
     test = data["test"]
@@ -154,12 +154,12 @@ def benchmark_models(config, workdir: str | os.PathLike, *, models: Sequence[str
     p = Pipeline(config, workdir, progress=progress)
     views = p.views()
     classes = _model_classes()
-    k = int(config.eval.ccs_top_k)
+    k = int(p.config.eval.ccs_top_k)
     rows = []
     for m in models:
         fits, model = [], None
         for _ in range(1 if m == "dcca" else repeats):
-            model = classes[m](config[m])
+            model = classes[m](p.config[m])  # sizes resolved from the data
             t0 = time.perf_counter()
             if m == "dcca":
                 model.fit(views.v["fit"], views.s["fit"], validation=(views.v["val"], views.s["val"]))

@@ -24,3 +24,28 @@ def shared_path(*parts: str) -> pathlib.Path:
 @pytest.fixture
 def shared_dir() -> pathlib.Path:
     return shared_path()
+
+
+def shipped_config(name: str):
+    """``experiments/configs/<name>.py``'s ``get_config()`` (the configs import each other as ``configs.x``)."""
+    import importlib.util
+    import sys
+
+    experiments = ROOT / "experiments"
+    sys.path.insert(0, str(experiments))
+    try:
+        spec = importlib.util.spec_from_file_location(f"shipped_{name}", experiments / "configs" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod.get_config()
+    finally:
+        sys.path.remove(str(experiments))
+
+
+@pytest.fixture(scope="module")
+def fast_compiles():
+    """XLA without most optimisations for a module of tiny runs, where compiling costs more than it saves."""
+    old = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", old)

@@ -1,5 +1,4 @@
 """The whole pipeline and its studies on the tiny test config, in a temporary directory."""
-import importlib.util
 import json
 import pathlib
 import subprocess
@@ -9,6 +8,7 @@ import numpy as np
 import pytest
 
 from dcca_jax import pipeline, studies
+from tests.conftest import shipped_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
@@ -16,14 +16,7 @@ METHODS = {"JEC", "General CCA", "CCA-KNN", "DMFR&CCA", "DMFR&KCCA", "DMFR&DCCA"
 
 
 def _test_config():
-    sys.path.insert(0, str(EXPERIMENTS))
-    try:
-        spec = importlib.util.spec_from_file_location("test_cfg", EXPERIMENTS / "configs" / "test.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod.get_config()
-    finally:
-        sys.path.remove(str(EXPERIMENTS))
+    return shipped_config("test")
 
 
 @pytest.fixture(scope="module")
