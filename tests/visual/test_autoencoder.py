@@ -148,3 +148,17 @@ def test_deterministic_for_a_seed():
     leaves = [jax.tree_util.tree_leaves(f.params) for f in fits]
     assert all(np.array_equal(a, b) for a, b in zip(leaves[0], leaves[1]))
     assert not all(np.array_equal(a, b) for a, b in zip(leaves[0], leaves[2]))
+
+
+def test_principal_axes_of_few_rows_match_the_svd():
+    # 12 rows of 40 columns take the n x n Gram path; the axes are the SVD's right singular vectors up to sign.
+    x = np.random.default_rng(3).normal(size=(12, 40)) * np.linspace(3, 0.1, 40)
+    x -= x.mean(0)
+    axes = ae.principal_axes(x, n_components=5)
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    assert axes.shape == (5, 40)
+    np.testing.assert_allclose(np.abs(np.sum(axes * vt[:5], axis=1)), 1.0, atol=1e-10)
+    np.testing.assert_allclose(axes @ axes.T, np.eye(5), atol=1e-10)
+    # A kept axis without variance (rank 11 after centring) falls back to the d x d scatter.
+    full = ae.principal_axes(x, n_components=12)
+    np.testing.assert_allclose(full[:11] @ full[:11].T, np.eye(11), atol=1e-8)
