@@ -40,7 +40,7 @@ general_cca.n_components             min(T.components, limit)    1 .. min(pca_di
 cca_knn.pca_dims                     min(T.code_dim, limit)      0 .. min(d, n_fit_tagged - 1)        "cca_knn"
 cca_knn.word2vec_dim                 semantic.skipgram.          >= 1                                 "cca_knn"
                                      vector_size
-cca_knn.n_components                 min(T.components, limit)    1 .. min(pca_dims or d, word2vec)    "cca_knn"
+cca_knn.n_components                 min(T.components, V, limit) 1 .. min(pca_dims or d, word2vec)    "cca_knn"
 ==================================  ==========================  ===================================  =========
 
 Why these limits: PCA and the auto-encoder's PCA start have at most ``min(d, n - 1)`` axes with variance on
@@ -454,7 +454,9 @@ def resolve(config: ml_collections.ConfigDict, shape: DataShape) -> Resolution:
                         auto=lambda: int(c.semantic.skipgram.vector_size))
             wd = wd or 1
             kl, kwhy = min(p, wd), f"min(pca_dims or d = {p}, word2vec_dim = {wd})"
-        r.size(f"{name}.n_components", used=used, upper=kl, why=kwhy, auto=lambda: min(t["components"], kl))
+        # CCA-KNN's mean tag vectors span at most V dimensions, whatever the word-vector size.
+        r.size(f"{name}.n_components", used=used, upper=kl, why=kwhy,
+               auto=lambda: min(t["components"], kl, s.vocabulary))
         tr = c[name].get("transfer", ml_collections.ConfigDict())
         r.size(f"{name}.transfer.k", used=used and tr.get("method", "knn") == "knn", upper=s.n_train,
                why="n_train", auto=t["neighbours"])

@@ -48,7 +48,7 @@ def test_auto_sizes_follow_the_rules_by_hand():
     assert v["general_cca.pca_dims"] == 6 and v["general_cca.n_components"] == 6  # min(100, 6, V = 6)
     assert v["cca_knn.pca_dims"] == 6  # min(300, d, n_fit_tagged - 1 = 7)
     assert v["cca_knn.word2vec_dim"] == 100  # the skip-gram size
-    assert v["cca_knn.n_components"] == 6  # min(100, pca 6, word2vec 100)
+    assert v["cca_knn.n_components"] == 6  # min(100, V = 6, pca 6, word2vec 100)
     # Every used size is reported with its limit; "auto" is gone from the resolved config only.
     assert set(res.auto) == set(v) - {"recommend.n_tags"}
     assert res.config.cca.n_components == 2 and pipeline.default_config().cca.n_components == "auto"
@@ -72,6 +72,7 @@ def test_targets_and_limits_of_a_larger_split():
     assert v["kcca.n_landmarks"] == 1000 and v["kcca.n_components"] == 49
     assert v["dcca.batch_size"] == 1000 and v["dcca.towers.out_dim"] == 49
     assert v["general_cca.n_components"] == 50  # min(100, pca 300, V = 50)
+    assert v["cca_knn.n_components"] == 50  # min(100, V = 50, pca 300, word2vec 100)
     assert v["recommend.n_tags"] == round(labels.sum(1).mean())  # 5 of 50 words at 10%: about 5
 
 
