@@ -31,7 +31,7 @@ dcca.towers.out_dim                  min(T.components,           1 .. min(batch,
                                      d_v, d_s, limit)
 recommend.k, <baseline>.transfer.k   min(T.neighbours, n_train)  1 .. n_train                         method knn
 recommend.k1, <baseline>.transfer.k1 min(T.first_pass, n_train)  1 .. n_train                         method 2pknn
-recommend.n_tags                     round(m), in 1 .. V         1 .. V                               always
+recommend.n_tags                     m rounded half up, 1 .. V   1 .. V                               always
 <baseline>.transfer.n_tags           recommend.n_tags            1 .. V                               the baseline
 jec.k                                min(T.jec_neighbours,       1 .. n_train                         "jec"
                                      n_train)
@@ -55,12 +55,14 @@ shares the target ``T.components``, so the correlation models and the baselines 
 the baselines' PCA shares the auto-encoder's ``T.code_dim`` for the same reason.
 
 Fields that the chosen options do not use (``kcca.n_landmarks`` with the exact solver, ``recommend.k1`` with
-``method="knn"``, a baseline that is not run, ...) resolve ``auto`` by the same rule without checks, and are not
-listed.
+``method="knn"``, a baseline that is not run, ...) resolve ``auto`` unchecked and unlisted, without the data
+caps of their limits (``kcca.n_landmarks`` and the ``k1`` fields take their targets, so the stage keys of the
+shipped configs stay what they were).
 
 Tags per image: 5 is the paper's protocol (``recommend.n_tags = 5``). When the mean number of tags per training
 image is below half of ``n_tags``, a warning is returned (and logged and recorded by the pipeline): per-image
-AP is then capped near ``m / n_tags``. ``recommend.n_tags = "auto"`` recommends ``round(m)`` tags instead.
+AP is then capped near ``m / n_tags``. ``recommend.n_tags = "auto"`` recommends ``m`` rounded half up (at least
+one) instead.
 
 The targets of the shipped configs reproduce their previous explicit values on their own datasets (the
 synthetic main job and Corel5k resolve to exactly the sizes they had), so their published tables do not move.
