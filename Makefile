@@ -8,7 +8,8 @@ BENCH_STAMP := $(BENCH_VENV)/.installed
 WORKDIR ?= runs/default
 PYTEST_FLAGS ?=
 
-.PHONY: install run test test-slow test-all bench bench-scale bench-semantic bench-finetune corel5k-finetune clean
+.PHONY: install run test test-slow test-all bench bench-scale bench-semantic bench-finetune corel5k-finetune \
+	accelerator-check accelerator-check-tiny clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -70,6 +71,16 @@ bench-finetune: install
 corel5k-finetune: install
 	PYTHONPATH=$(CURDIR) $(BIN)/python experiments/finetune_corel5k.py --config=experiments/configs/finetune_corel5k.py \
 	  --workdir=runs/corel5k_finetune
+
+# On a GPU/TPU machine: correctness and speed checks, each capped, about 8 minutes in all; writes
+# results/accelerator/<device>.json and .md. ACCEL_FLAGS e.g. --wheels=DIR (offline jax install), --only=a,b.
+ACCEL_FLAGS ?=
+accelerator-check: install
+	PYTHONPATH=$(CURDIR) $(BIN)/python experiments/accelerator_check.py --out_dir=results/accelerator $(ACCEL_FLAGS)
+
+# The same checks at small sizes on the CPU (about a minute; tests/experiments/test_accelerator_check.py runs it).
+accelerator-check-tiny: install
+	PYTHONPATH=$(CURDIR) $(BIN)/python experiments/accelerator_check.py --tiny --out_dir=results/accelerator $(ACCEL_FLAGS)
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) runs

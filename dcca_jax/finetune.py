@@ -107,6 +107,7 @@ LAYERS: tuple[str, ...] = ("Conv",) + tuple(b[0] for b in BLOCKS) + ("Conv_1",)
 _BLOCK_SPEC = {b[0]: b for b in BLOCKS}
 BN_MODES = ("folded", "update")
 DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
+COMPUTE_DTYPES = {**DTYPES, "bfloat16": jnp.bfloat16}
 CHECKPOINT_DIR = "checkpoints"
 _RESUMABLE_FIELDS = ("epochs", "patience", "checkpoint_every", "keep_checkpoints", "log_every", "num_workers",
                      "prefetch", "eval_batch")
@@ -152,6 +153,9 @@ def finetune_config() -> ml_collections.ConfigDict:
     c.eval_batch = 100
     c.seed = 0
     c.dtype = "float32"
+    # dtype of the CNN's convolutions and of the towers' matrix products (None: dtype). "bfloat16" is mixed
+    # precision: float32 parameters, optimiser state, tower outputs, covariances and objective.
+    c.compute_dtype = ml_collections.config_dict.placeholder(str)
     return c
 
 
@@ -230,6 +234,7 @@ class VisualTower(nn.Module):
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-3
     param_dtype: Any = jnp.float32
+    compute_dtype: Any = None
 
     def setup(self):
         if self.start < len(LAYERS):
@@ -241,7 +246,7 @@ class VisualTower(nn.Module):
     def head_module(self) -> ResidualCCATower:
         """The residual-CCA MLP on the 1280-d feature (a fresh unbound module, e.g. to initialise it alone)."""
         return ResidualCCATower(hidden=tuple(self.hidden), out_dim=self.out_dim, activation=self.activation,
-                                param_dtype=self.param_dtype)
+                                param_dtype=self.param_dtype, dtype=self.compute_dtype)
 
     def __call__(self, x, *, train: bool = False):
         return self.head(self.pooled(x, train=train), train=train)
@@ -316,8 +321,25 @@ class FinetuneFunctions:
     apply_updates: Callable
 
 
-def _apply_visual(tower: VisualTower, use_bn: bool):
+def _cast_floating(tree, dtype):
+    if dtype is None:
+        return tree
+    return jax.tree_util.tree_map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+def _compute_dtype(config: ml_collections.ConfigDict):
+    name = config.get("compute_dtype")
+    return None if name is None or name == config.dtype else COMPUTE_DTYPES[name]
+
+
+def _apply_visual(tower: VisualTower, use_bn: bool, compute_dtype=None):
     def apply(params, stats, a, *, train):
+        if compute_dtype is not None:
+            # The CNN runs in the compute dtype (casts are differentiable: gradients reach the float32
+            # parameters); the head gets float32 parameters and returns the tower's dtype.
+            params = {**params, "backbone": _cast_floating(params["backbone"], compute_dtype)} \
+                if "backbone" in params else params
+            a = a.astype(compute_dtype)
         variables = {"params": params}
         if use_bn:
             variables["batch_stats"] = stats
@@ -334,19 +356,21 @@ def make_functions(config: ml_collections.ConfigDict) -> FinetuneFunctions:
     start = layer_index(config.trainable_from)
     use_bn = config.batch_norm == "update" and start < len(LAYERS)
     pdt = DTYPES[config.dtype]
+    cdt = _compute_dtype(config)
     visual = VisualTower(start=start, hidden=tuple(config.visual_hidden), out_dim=int(config.out_dim),
                          activation=config.activation, batch_norm=use_bn, bn_momentum=float(config.bn_momentum),
-                         bn_epsilon=float(config.bn_epsilon), param_dtype=pdt)
+                         bn_epsilon=float(config.bn_epsilon), param_dtype=pdt, compute_dtype=cdt)
     sem = ResidualCCATower(hidden=tuple(config.semantic_hidden), out_dim=int(config.out_dim),
-                           activation=config.activation, param_dtype=pdt)
+                           activation=config.activation, param_dtype=pdt, dtype=cdt)
     prefix_mod = BackboneSegment(0, start, pool=start == len(LAYERS))
     loss_kw = dict(objective=config.objective, k=config.k, ridge_v=float(config.ridge_v),
                    ridge_s=float(config.ridge_s))
-    apply_v = _apply_visual(visual, use_bn)
+    apply_v = _apply_visual(visual, use_bn, cdt)
 
     @jax.jit
     def prefix(frozen, x):
-        return prefix_mod.apply({"params": frozen}, x)
+        # In the compute dtype (the frozen prefix's output, the boundary, stays in it: half the memory in bf16).
+        return prefix_mod.apply({"params": _cast_floating(frozen, cdt)}, x if cdt is None else x.astype(cdt))
 
     @jax.jit
     def embed_train(params_v, stats, a):
@@ -358,8 +382,10 @@ def make_functions(config: ml_collections.ConfigDict) -> FinetuneFunctions:
 
     @jax.jit
     def pooled_eval(params_v, stats, a):
+        if cdt is not None and "backbone" in params_v:
+            params_v, a = {**params_v, "backbone": _cast_floating(params_v["backbone"], cdt)}, a.astype(cdt)
         variables = {"params": params_v, **({"batch_stats": stats} if use_bn else {})}
-        return visual.apply(variables, a, train=False, method=VisualTower.pooled)
+        return visual.apply(variables, a, train=False, method=VisualTower.pooled).astype(pdt)
 
     @jax.jit
     def semantic(params_s, y):
@@ -402,12 +428,12 @@ def functions_for(config: ml_collections.ConfigDict) -> FinetuneFunctions:
 
 _FN_FIELDS = ("trainable_from", "batch_norm", "bn_momentum", "bn_epsilon", "out_dim", "visual_hidden",
               "semantic_hidden", "activation", "objective", "k", "ridge_v", "ridge_s", "cnn_lr", "head_lr",
-              "semantic_lr", "cnn_weight_decay", "weight_decay", "dtype")
+              "semantic_lr", "cnn_weight_decay", "weight_decay", "dtype", "compute_dtype")
 
 
 def _fn_key(c: ml_collections.ConfigDict) -> str:
     d = json.loads(c.to_json())
-    return json.dumps({f: d[f] for f in _FN_FIELDS}, sort_keys=True)
+    return json.dumps({f: d.get(f) for f in _FN_FIELDS}, sort_keys=True)
 
 
 _add = jax.jit(lambda a, b: jax.tree_util.tree_map(jnp.add, a, b))
@@ -593,6 +619,8 @@ def _validate(c) -> int:
         raise ValueError(f"objective must be one of {OBJECTIVES}; got {c.objective!r}.")
     if c.dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}; got {c.dtype!r}.")
+    if c.get("compute_dtype") is not None and c.compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype must be None or one of {sorted(COMPUTE_DTYPES)}; got {c.compute_dtype!r}.")
     for k in ("cnn_lr", "head_lr", "semantic_lr"):
         if float(c[k]) < 0:
             raise ValueError(f"{k} must be >= 0; got {c[k]}.")
@@ -731,7 +759,9 @@ def _fit(c, backbone_params, images, labels, fit_idx, val_idx, features, workdir
 
     workdir = None if workdir is None else pathlib.Path(workdir)
     manager, resume_step = None, None
-    fingerprint = {"config": {k: v for k, v in json.loads(c.to_json()).items() if k not in _RESUMABLE_FIELDS},
+    # compute_dtype at its default (None) is left out: workdirs written before the field existed resume.
+    fingerprint = {"config": {k: v for k, v in json.loads(c.to_json()).items()
+                              if k not in _RESUMABLE_FIELDS and not (k == "compute_dtype" and v is None)},
                    "n_fit": int(n_fit), "n_val": int(len(val_idx))}
     if workdir is not None:
         manager = _checkpoint_manager(workdir, int(c.keep_checkpoints))

@@ -643,6 +643,13 @@ class Pipeline:
         d, _ = self._run_stage("recommend", payload, compute)
         return json.loads((d / "results.json").read_text())
 
+    def recommend_scores(self) -> dict[str, np.ndarray]:
+        """The (n_test, V) tag scores of every method of the recommend stage (runs it when needed), by name."""
+        self.stage_recommend()
+        d = self._stage_dir("recommend")
+        names = list(self.config.baselines) + list(self.config.models)
+        return {name: np.load(d / f"scores_{name}.npy") for name in names}
+
     def _run_key_of(self, stage: str) -> str:
         if stage.startswith("model_"):
             self.stage_model(stage[len("model_"):])

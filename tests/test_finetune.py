@@ -231,3 +231,29 @@ def test_non_finite_features_are_refused_naming_the_row():
     with pytest.raises(ValueError, match="row 5"):
         finetune.fit_finetune(c, backbone_params=_backbone(), images=None, labels=labels, fit_idx=np.arange(48),
                               val_idx=np.arange(48, 60), features=feats)
+
+
+def test_bfloat16_compute_dtype_gradients_close_to_float32():
+    # Mixed precision of the CNN and towers: bf16 convolutions/products, float32 parameters, loss and gradients.
+    c32 = _config(trainable_from="Conv_1", dtype="float32")
+    c16 = _config(trainable_from="Conv_1", dtype="float32", compute_dtype="bfloat16")
+    fns32, params = _params(c32)
+    params = jax.tree_util.tree_map(lambda x: x.astype(jnp.float32), params)
+    fns16 = finetune.make_functions(c16)
+    a, y = _data(shape=(2, 2, 320))
+    a, y = a.astype(jnp.float32), y.astype(jnp.float32)
+    micro = [a[i:i + 4] for i in range(0, 12, 4)]
+    loss32, g32, _ = finetune.accumulated_gradients(fns32, params, {}, micro, y)
+    loss16, g16, _ = finetune.accumulated_gradients(fns16, params, {}, micro, y)
+    assert loss16.dtype == jnp.float32
+    assert abs(float(loss16) - float(loss32)) < 0.02 * abs(float(loss32))
+    for x, w in zip(jax.tree_util.tree_leaves(g16), jax.tree_util.tree_leaves(g32)):
+        assert x.dtype == jnp.float32
+    flat16 = jnp.concatenate([x.ravel() for x in jax.tree_util.tree_leaves(g16)])
+    flat32 = jnp.concatenate([x.ravel() for x in jax.tree_util.tree_leaves(g32)])
+    rel = float(jnp.linalg.norm(flat16 - flat32) / jnp.linalg.norm(flat32))
+    assert 0 < rel < 0.1
+    # the frozen prefix runs (and returns) in bf16; the pooled feature comes back in float32
+    stem = finetune.make_functions(_config(trainable_from="Conv", dtype="float32", compute_dtype="bfloat16"))
+    assert stem.prefix({}, a).dtype == jnp.bfloat16
+    assert fns16.pooled_eval(params["visual"], {}, a).dtype == jnp.float32

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from dcca_jax import pipeline, studies
+from dcca_jax.tagging import recommend
 from tests.conftest import shipped_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -122,3 +123,26 @@ def test_cli_errors_are_one_line(args, expect, tmp_path):
     assert proc.returncode != 0
     assert expect in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_prior_fill_is_counted_and_only_fills_places_without_evidence(run):
+    workdir, results = run
+    pipe = pipeline.Pipeline(_test_config(), workdir)
+    views = pipe.views()
+    n = int(pipe.config.recommend.n_tags)
+    titles = {**pipeline.BASELINE_TITLES, **pipeline.MODEL_TITLES}
+    prior = views.labels["train"].sum(0)
+    for name, scores in pipe.recommend_scores().items():
+        m = results["table2_recommendation"][titles[name]]["metrics"]
+        positive = np.sum(np.nan_to_num(scores, neginf=0.0) > 0, axis=1)
+        # numpy oracle: every image gets n tags; the places beyond its positive-score tags come from the prior
+        assert m["tags/from_prior"] == int(np.maximum(n - positive, 0).sum()), name
+        assert m["tags/images_with_prior_fill"] == int((positive < n).sum()), name
+        sel = recommend.select_tags(scores, n=n, prior=prior)
+        idx = np.asarray(sel.indices)
+        for r in np.flatnonzero(positive < n)[:20]:
+            pos = set(np.flatnonzero(np.nan_to_num(scores[r], neginf=0.0) > 0))
+            assert pos <= set(idx[r])  # all the evidence is kept
+            filled = [w for w in idx[r] if w not in pos]
+            ranked = [w for w in np.argsort(-prior, kind="stable") if w not in pos][: len(filled)]
+            assert filled == ranked, (name, r)  # and the rest are the most frequent other words

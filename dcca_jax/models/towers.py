@@ -105,7 +105,9 @@ class Tower(nn.Module):
       batch_norm: batch normalisation after each hidden affine map (running statistics in the
         ``batch_stats`` collection; ``train=True`` updates them).
       dropout: dropout rate after each hidden activation (needs a ``"dropout"`` rng when training).
-      dtype, param_dtype: computation and parameter dtypes.
+      dtype, param_dtype: computation and parameter dtypes. ``dtype=jnp.bfloat16`` (mixed precision)
+        runs the matrix products in bf16 with float32 parameters and returns the output in
+        ``param_dtype``, so the covariances and the objective downstream stay float32.
 
     Call: ``tower.apply(variables, x, train=False)`` with ``x`` of shape ``(n, d)``; returns ``(n, o)``.
     """
@@ -121,10 +123,11 @@ class Tower(nn.Module):
     @nn.compact
     def __call__(self, x, *, train: bool = False):
         _check_sizes(self.hidden, self.out_dim, self.dropout)
-        return _MLP(
+        out = _MLP(
             self.hidden, self.out_dim, self.activation, self.batch_norm, self.dropout, False,
             self.dtype, self.param_dtype, name="mlp",
         )(x, train=train)
+        return _output(out, self.dtype, self.param_dtype)
 
 
 class ResidualCCATower(nn.Module):
@@ -153,7 +156,15 @@ class ResidualCCATower(nn.Module):
             self.hidden, self.out_dim, self.activation, self.batch_norm, self.dropout, True,
             self.dtype, self.param_dtype, name="mlp",
         )(x, train=train)
-        return linear + residual
+        return _output(linear + residual, self.dtype, self.param_dtype)
+
+
+def _output(out: jax.Array, dtype, param_dtype) -> jax.Array:
+    # A reduced compute dtype (bf16) stops at the tower's output: Eq. 4's covariances, the whitening and
+    # the objective need at least the parameters' precision.
+    if dtype is None or jnp.dtype(dtype) == jnp.dtype(param_dtype):
+        return out
+    return out.astype(jnp.promote_types(dtype, param_dtype))
 
 
 def make_tower(
@@ -165,14 +176,19 @@ def make_tower(
     dropout: float = 0.0,
     residual_cca: bool = False,
     param_dtype: Any = jnp.float32,
+    compute_dtype: Any = None,
 ) -> nn.Module:
-    """Builds a :class:`Tower` or (``residual_cca=True``) a :class:`ResidualCCATower`; validates sizes."""
+    """Builds a :class:`Tower` or (``residual_cca=True``) a :class:`ResidualCCATower`; validates sizes.
+
+    ``compute_dtype`` (e.g. ``jnp.bfloat16``) is the dtype of the matrix products; None computes in the
+    inputs' and parameters' dtype. Parameters stay ``param_dtype`` and the output is returned in it.
+    """
     _check_sizes(hidden, out_dim, dropout)
     _activation(activation)
     cls = ResidualCCATower if residual_cca else Tower
     return cls(
         hidden=tuple(int(h) for h in hidden), out_dim=int(out_dim), activation=activation,
-        batch_norm=bool(batch_norm), dropout=float(dropout), param_dtype=param_dtype,
+        batch_norm=bool(batch_norm), dropout=float(dropout), param_dtype=param_dtype, dtype=compute_dtype,
     )
 
 

@@ -457,7 +457,8 @@ def make_apply_fn(variables, *, emulate_uint8: bool = False):
     """A jitted ``images -> {"features", "logits"}`` for normalised ``(n, 224, 224, 3)`` float images.
 
     Args:
-        variables: from :func:`load_tflite_params`.
+        variables: from :func:`load_tflite_params` (``dtype=jnp.bfloat16`` gives a bf16 network: images are
+            cast to the weights' dtype and the outputs come back in it).
         emulate_uint8: see :class:`MobileNetV2`.
 
     Returns:
@@ -467,9 +468,14 @@ def make_apply_fn(variables, *, emulate_uint8: bool = False):
     if emulate_uint8 and "quant" not in variables:
         raise ValueError("emulate_uint8=True needs the 'quant' collection of a quantised TFLite file")
     used = variables if emulate_uint8 else {"params": variables["params"]}
+    pdt = jax.tree_util.tree_leaves(variables["params"])[0].dtype
 
     @jax.jit
     def apply(v, x):
+        # Every layer computes in its input's dtype: with bf16 weights (load_tflite_params(dtype=bfloat16)) a
+        # float32 image would promote the whole network back to float32.
+        if jnp.dtype(pdt).itemsize < 4 and jnp.issubdtype(x.dtype, jnp.floating):
+            x = x.astype(pdt)
         return model.apply(v, x)
 
     return lambda x: apply(used, x)

@@ -133,3 +133,45 @@ def test_bad_sizes_and_activation_raise():
 def test_forward_flops_hand_count():
     assert tower_forward_flops(392, (1024, 1024), 50) == 2 * (392 * 1024 + 1024 * 1024 + 1024 * 50)
     assert tower_forward_flops(4, (), 2, residual_cca=True) == 2 * 8 + 2 * 8
+
+
+@pytest.mark.parametrize("residual_cca", [False, True])
+def test_bfloat16_compute_keeps_float32_params_and_output(residual_cca):
+    # Mixed precision: bf16 matrix products, float32 parameters and outputs, close to the float32 tower.
+    x = jax.random.normal(jax.random.key(3), (64, 20), jnp.float32)
+    f32 = make_tower(hidden=(32, 32), out_dim=5, activation="relu", residual_cca=residual_cca)
+    bf16 = make_tower(hidden=(32, 32), out_dim=5, activation="relu", residual_cca=residual_cca,
+                      compute_dtype=jnp.bfloat16)
+    variables = bf16.init(jax.random.key(0), x[:2])
+    assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(variables))
+    if residual_cca:  # a non-zero residual branch, so the MLP's bf16 products take part
+        variables = jax.tree_util.tree_map(lambda p: p + 0.1, variables)
+    want = f32.apply(variables, x)
+    got = bf16.apply(variables, x)
+    assert got.dtype == jnp.float32 and want.dtype == jnp.float32
+    rel = float(jnp.linalg.norm(got - want) / jnp.linalg.norm(want))
+    assert 1e-5 < rel < 2e-2  # bf16 rounding happened, and only that
+    # gradients reach the float32 parameters in float32
+    g = jax.grad(lambda v: jnp.sum(bf16.apply(v, x) ** 2))(variables)
+    assert all(p.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(p))) for p in jax.tree_util.tree_leaves(g))
+
+
+def test_deep_cca_bfloat16_compute_dtype_trains_close_to_float32():
+    from dcca_jax import DeepCCA
+    from dcca_jax.data.synthetic import correlated_views
+
+    x_v, x_s = correlated_views(600, 12, 10, latent=4, seed=0)
+    fits = {}
+    for cd in (None, "bfloat16"):
+        cfg = DeepCCA.default_config()
+        cfg.towers.update(visual_hidden=(32,), semantic_hidden=(32,), out_dim=4, activation="relu")
+        cfg.update(batch_size=200, epochs=3, validation_fraction=0.0, compute_dtype=cd, blas_threads=None)
+        fits[cd] = DeepCCA(cfg).fit(np.asarray(x_v, np.float32), np.asarray(x_s, np.float32))
+    m = fits["bfloat16"]
+    assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(m.params))
+    h_v, h_s = m.tower_outputs(np.asarray(x_v[:50], np.float32), np.asarray(x_s[:50], np.float32))
+    assert h_v.dtype == jnp.float32 and h_s.dtype == jnp.float32
+    c16, c32 = float(jnp.sum(m.correlations)), float(jnp.sum(fits[None].correlations))
+    assert abs(c16 - c32) < 0.05 * c32
+    with pytest.raises(ValueError, match="compute_dtype"):
+        DeepCCA(compute_dtype="int8").fit(np.asarray(x_v, np.float32), np.asarray(x_s, np.float32))
