@@ -39,37 +39,34 @@ $(BENCH_STAMP): pyproject.toml
 	touch $(BENCH_STAMP)
 
 # Peers (scikit-learn, cca-zoo, torch CPU, the TFLite interpreter) live only in .venv-bench.
-# Benchmarks that read Corel5k/MNIST/MobileNetV2 expect ../shared (or $$DCCA_SHARED).
-BENCH_PY := PYTHONPATH=$(CURDIR) $(BENCH_VENV)/bin/python
+# Benchmarks that read Corel5k/MNIST/MobileNetV2 expect ../shared (or $$DCCA_SHARED). Each writes <name>.json and
+# .md under --workdir.
+BENCH_PY := $(BENCH_VENV)/bin/python
 bench: $(BENCH_STAMP)
-	mkdir -p results/bench
-	$(BENCH_PY) experiments/bench_cca.py --out=results/bench/cca.json
-	$(BENCH_PY) experiments/bench_kcca.py --n=5000 --out=results/bench/kcca_n5000.json
-	$(BENCH_PY) experiments/bench_dcca.py --out=results/bench/dcca.json
-	$(BENCH_PY) experiments/bench_extract.py --out=results/bench/extract.json
-	$(BENCH_PY) experiments/bench_topk.py --out=results/bench/topk.json
-	$(BENCH_PY) experiments/bench_scale.py --out=results/bench/scale_quick.json --cca_sizes=10000,100000 \
+	$(BENCH_PY) experiments/bench/cca.py --workdir=results/bench
+	$(BENCH_PY) experiments/bench/kcca.py --n=5000 --workdir=results/bench
+	$(BENCH_PY) experiments/bench/dcca.py --workdir=results/bench
+	$(BENCH_PY) experiments/bench/extract.py --workdir=results/bench
+	$(BENCH_PY) experiments/bench/topk.py --workdir=results/bench
+	$(BENCH_PY) experiments/bench/scale.py --workdir=results/bench/quick --cca_sizes=10000,100000 \
 	  --kcca_sizes=5000,20000 --kcca_stream_sizes=5000,20000 --dcca_sizes=10000,30000 --repeats=1
-	$(BENCH_PY) experiments/benchmark.py --config=experiments/configs/default.py --workdir=$(WORKDIR)
+	$(BENCH_PY) experiments/bench/pipeline_models.py --config=experiments/configs/default.py --workdir=$(WORKDIR)
 
 # The full cost-against-n table (n up to 1M; about 30 minutes on 2 cores).
 bench-scale: $(BENCH_STAMP)
-	mkdir -p results/bench
-	$(BENCH_PY) experiments/bench_scale.py --out=results/bench/scale.json
+	$(BENCH_PY) experiments/bench/scale.py --workdir=results/bench
 
 bench-semantic: $(BENCH_STAMP)
-	mkdir -p results/bench
-	$(BENCH_PY) experiments/bench_semantic_view.py --shared=../shared --cache=runs/cache --out=results/bench/semantic_view.json
-	$(BENCH_PY) experiments/bench_synthetic.py --shared=../shared --data=runs/synthetic --cache=runs/cache --out=results/bench/synthetic.json
+	$(BENCH_PY) experiments/bench/semantic_view.py --shared=../shared --cache=runs/cache --workdir=results/bench
+	$(BENCH_PY) experiments/bench/synthetic.py --shared=../shared --data=runs/synthetic --cache=runs/cache --workdir=results/bench
 
 # DCCA from pixels (MobileNetV2 fine-tuned in the visual tower): epoch timing, and the 3-seed Corel5k study
 # (about 22 minutes on 2 cores). Both need ../shared (Corel5k and the MobileNetV2 TFLite file).
 bench-finetune: install
-	mkdir -p results/corel5k_finetune
-	PYTHONPATH=$(CURDIR) $(BIN)/python experiments/bench_finetune.py --out=results/corel5k_finetune/bench.json
+	$(BIN)/python experiments/bench/finetune.py --workdir=results/corel5k_finetune
 
 corel5k-finetune: install
-	PYTHONPATH=$(CURDIR) $(BIN)/python experiments/finetune_corel5k.py --config=experiments/configs/finetune_corel5k.py \
+	$(BIN)/python experiments/finetune_corel5k.py --config=experiments/configs/finetune_corel5k.py \
 	  --workdir=runs/corel5k_finetune
 
 # On a GPU/TPU machine: correctness and speed checks, each capped, about 8 minutes in all; writes

@@ -8,7 +8,7 @@ device computes on the same batch. (A per-device covariance would not be: DCCA's
 decompose over examples.)
 
 Several processes (one per host, GPU cluster or TPU pod): :func:`initialize_distributed` starts
-``jax.distributed`` from arguments or environment variables, each process reads its own rows
+``jax.distributed`` from explicit arguments (the main reads the environment), each process reads its own rows
 (:func:`process_slice`), and :func:`shard_batch` assembles the process-local rows into one global
 array; the same jitted step then runs on all hosts. Launch notes are in BUILD.md.
 
@@ -19,10 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import math
 import os
-import pathlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +36,7 @@ from jax.sharding import PartitionSpec as P
 
 from dcca_jax.linalg import check_views
 from dcca_jax.models.streaming import CovarianceStats, empty_stats, merge_stats
+from dcca_jax.training import EarlyStopping, MetricsWriter, check_finite, validation_split
 
 __all__ = [
     "DATA_AXIS",
@@ -507,6 +505,23 @@ def _equal_local_rows(n_local: int) -> None:
         )
 
 
+def _host(tree: Any) -> Any:
+    """Host (numpy) copies of replicated arrays, in one process or many (each process reads its own replica)."""
+    def get(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(x.addressable_data(0))
+        return np.asarray(x) if isinstance(x, jax.Array) else x
+
+    return jax.tree.map(get, tree)
+
+
+def _all_rows(h: jax.Array) -> np.ndarray:
+    """Every process's rows of a per-process array, concatenated in process order (the array itself in one)."""
+    if jax.process_count() == 1:
+        return np.asarray(h)
+    return np.asarray(multihost_utils.process_allgather(np.asarray(h), tiled=True))
+
+
 def fit_dcca_data_parallel(
     x_v,
     x_s,
@@ -514,9 +529,10 @@ def fit_dcca_data_parallel(
     mesh: Mesh,
     *,
     policy: str | PrecisionPolicy | None = None,
+    validation=None,
     metrics_path: str | os.PathLike | None = None,
 ):
-    r"""Trains DCCA (Eq. 3-7) data-parallel over ``mesh``, on one host or many.
+    r"""Trains DCCA (Eq. 3-8) data-parallel over ``mesh``, on one host or many; returns a fitted ``DeepCCA``.
 
     Each process passes *its own* rows (numpy arrays or ``np.memmap`` slices, the same number on every
     process); ``config.batch_size`` is the *global* batch, split evenly over processes and devices, so
@@ -525,45 +541,80 @@ def fit_dcca_data_parallel(
     start at a linear CCA fitted by streaming statistics merged over all processes
     (:func:`allreduce_stats`), i.e. on all the training rows.
 
+    As :meth:`dcca_jax.models.dcca.DeepCCA.fit`: a held-out part (``validation``, or a seeded
+    ``validation_fraction`` of each process's rows, :func:`dcca_jax.training.validation_split`) scores every
+    epoch by the total canonical correlation of the towers' outputs over all processes' held-out rows; the
+    parameters of the best epoch are kept and training stops after ``patience`` epochs without improvement;
+    finally a linear CCA on the towers' outputs for all the training rows gives the projections of Eq. 8.
+    Evaluation (held-out correlation, final CCA, the returned model) runs the towers in the config's
+    ``dtype``, also when training used a precision ``policy``.
+
     Args:
       x_v: ``(n_local, d_v)`` this process's visual rows.
       x_s: ``(n_local, d_s)`` the paired semantic rows.
-      config: :func:`dcca_jax.models.dcca.default_dcca_config` (Adam only; ``epochs``, ``batch_size``,
-        ``learning_rate``, ``seed``, ``dtype``, towers, objective and ridges are used).
+      config: :func:`dcca_jax.models.dcca.dcca_config` (Adam only; ``epochs``, ``batch_size``,
+        ``learning_rate``, ``seed``, ``dtype``, ``patience``, ``validation_fraction``, towers, objective and
+        ridges are used).
       mesh: :func:`make_mesh` over all processes' devices.
       policy: optional precision policy (:func:`with_precision`), e.g. ``"bfloat16"``.
+      validation: ``(v_v, v_s)`` this process's held-out rows (instead of a ``validation_fraction`` split).
       metrics_path: JSON-lines file, one record per epoch, written by process 0.
 
     Returns:
-      ``(state, history)``: the replicated ``DCCATrainState`` and the per-epoch records
-      (``epoch``, ``objective`` = mean batch objective, ``seconds``, ``samples_per_s``).
+      A fitted :class:`dcca_jax.models.dcca.DeepCCA` (``transform``, ``score``, ``save`` as after ``fit``);
+      ``history`` holds the per-epoch records (``epoch``, ``objective`` = mean batch objective, ``val_corr``,
+      ``seconds``, ``samples_per_s``, ``steps``), ``best_step`` the step whose parameters are kept.
 
     Raises:
       ValueError: L-BFGS, a global batch not divisible over processes and devices, unequal rows per
         process, or fewer rows than one batch.
-      dcca_jax.models.dcca.NonFiniteLossError: the loss became NaN/inf (with advice).
+      dcca_jax.training.NonFiniteLossError: the loss or the held-out correlation became NaN/inf (with advice).
     """
     from dcca_jax.models import dcca
     from dcca_jax.models.streaming import fit_from_stats, stats_from_arrays
     from dcca_jax.models.towers import init_from_cca, make_tower
 
-    c = config
+    t_start = time.perf_counter()
+    model = dcca.DeepCCA(config)
+    c = model.config
     if c.optimizer != "adam":
         raise ValueError(f"fit_dcca_data_parallel trains with minibatch Adam; got optimizer={c.optimizer!r}.")
     if x_v.shape[0] != x_s.shape[0]:
         raise ValueError(f"x_v and x_s must have the same number of rows; got shapes {x_v.shape} and {x_s.shape}.")
     n_local = int(x_v.shape[0])
     _equal_local_rows(n_local)
+    dt = dcca.DTYPES[c.dtype]
+    # The held-out part: every process holds the same number of rows, so every process splits off as many.
+    rows = None
+    val = None
+    if validation is not None:
+        val = tuple(np.asarray(v, dt) for v in validation)
+        if val[0].shape[0] != val[1].shape[0] or val[0].shape[1] != x_v.shape[1] or val[1].shape[1] != x_s.shape[1]:
+            raise ValueError(f"validation views have shapes {val[0].shape}, {val[1].shape}; the training views have "
+                             f"{x_v.shape}, {x_s.shape} (rows must pair up, feature counts must match).")
+        _equal_local_rows(val[0].shape[0])
+    else:
+        n_val = int(round(float(c.validation_fraction) * n_local))
+        if n_val:
+            rows, val_idx = validation_split(n_local, n_val=n_val, seed=int(c.seed))
+            val = (np.asarray(x_v[val_idx], dt), np.asarray(x_s[val_idx], dt))
+    if val is not None:
+        model.check_validation_size(val[0].shape[0] * jax.process_count())
+    n_fit = n_local if rows is None else len(rows)
+    if rows is None:
+        rows = np.arange(n_local)
+        fit_v, fit_s = x_v, x_s
+    else:
+        fit_v, fit_s = np.asarray(x_v[rows]), np.asarray(x_s[rows])
     procs = jax.process_count()
     devices = _axis_size(mesh, DATA_AXIS)
     bs = int(c.batch_size)
     if bs % devices or bs % procs:
         raise ValueError(f"batch_size={bs} must be divisible by the {devices} data-parallel devices ({procs} processes).")
     local_bs = bs // procs
-    steps = n_local // local_bs
+    steps = n_fit // local_bs
     if steps < 1:
-        raise ValueError(f"each process holds {n_local} rows, fewer than its share {local_bs} of batch_size={bs}.")
-    dt = dcca.DTYPES[c.dtype]
+        raise ValueError(f"each process holds {n_fit} rows, fewer than its share {local_bs} of batch_size={bs}.")
     t = c.towers
     kw = dict(out_dim=t.out_dim, activation=t.activation, batch_norm=t.batch_norm, dropout=t.dropout,
               residual_cca=t.residual_cca, param_dtype=dt)
@@ -572,12 +623,12 @@ def fit_dcca_data_parallel(
         tv, ts = with_precision(tv, policy), with_precision(ts, policy)
     init_rng, step_rng = jax.random.split(jax.random.key(int(c.seed)))
     r_v, r_s = jax.random.split(init_rng)
-    var_v = tv.init(r_v, jnp.asarray(x_v[:2], dt))
-    var_s = ts.init(r_s, jnp.asarray(x_s[:2], dt))
+    var_v = tv.init(r_v, jnp.asarray(fit_v[:2], dt))
+    var_s = ts.init(r_s, jnp.asarray(fit_s[:2], dt))
     params = {"visual": var_v["params"], "semantic": var_s["params"]}
     if t.residual_cca:
         k = min(int(t.out_dim), x_v.shape[1], x_s.shape[1])
-        stats = allreduce_stats(stats_from_arrays(x_v, x_s))
+        stats = allreduce_stats(stats_from_arrays(fit_v, fit_s))
         lin = fit_from_stats(stats, n_components=k, ridge_v=float(t.cca_init_ridge), ridge_s=float(t.cca_init_ridge))
 
         def init(p, proj, mean):
@@ -591,63 +642,60 @@ def fit_dcca_data_parallel(
     state = replicate(dcca.DCCATrainState.create(apply_fn=None, params=params, tx=dcca.make_optimizer(c),
                                                  batch_stats=batch_stats), mesh)
     step = shard_train_step(dcca.make_train_step(tv, ts, c), mesh)
-    writer = None
-    if metrics_path is not None and jax.process_index() == 0:
-        pathlib.Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
-        writer = open(metrics_path, "a", encoding="utf-8")
-    history = []
-    try:
-        for epoch in range(int(c.epochs)):
-            t0 = time.perf_counter()
-            perm = np.random.default_rng([int(c.seed), epoch, jax.process_index()]).permutation(n_local)
-            objectives = []
-            for i in range(steps):
-                idx = np.sort(perm[i * local_bs:(i + 1) * local_bs])  # sorted: sequential reads from a memmap
-                batch = (np.asarray(x_v[idx], dt), np.asarray(x_s[idx], dt))
-                state, metrics = step(state, batch, step_rng)
-                objectives.append(metrics["objective"])
-            obj = float(np.mean(jax.device_get(objectives)))
-            if not math.isfinite(obj):
-                raise dcca.NonFiniteLossError(
-                    f"the DCCA objective became {obj} in epoch {epoch} (global batch {bs}, learning_rate="
-                    f"{c.learning_rate}, ridges {c.ridge_v}/{c.ridge_s}): lower the learning rate, raise the ridges, "
-                    "or use float32 outputs (precision policy 'bfloat16' keeps the objective in float32)."
-                )
-            secs = time.perf_counter() - t0
-            rec = {"epoch": epoch, "objective": obj, "seconds": secs, "samples_per_s": steps * bs / secs,
-                   "steps": int(state.step)}
-            history.append(rec)
-            logging.info("dcca data-parallel: epoch %d objective %.4f (%.1f samples/s)", epoch, obj, rec["samples_per_s"])
-            if writer is not None:
-                writer.write(json.dumps(rec) + "\n")
-                writer.flush()
-    finally:
-        if writer is not None:
-            writer.close()
-    return state, history
+
+    def plain(tree):
+        # Evaluation runs DeepCCA's own towers: a policy-wrapped tower keeps its parameters under "tower".
+        return {k: v["tower"] for k, v in tree.items()} if policy is not None and tree else tree
+
+    def outputs(p, s, x, which):
+        chunk = max(1, int(c.eval_chunk))
+        parts = [np.asarray(model.apply_towers(p, s, np.asarray(x[i:i + chunk], dt), which))
+                 for i in range(0, x.shape[0], chunk)]
+        return _all_rows(np.concatenate(parts, axis=0))
+
+    stopper = EarlyStopping(patience=int(c.patience) if val is not None else 0)
+    best = _host((plain(state.params), plain(state.batch_stats)))
+    writer = MetricsWriter(metrics_path if jax.process_index() == 0 else None, name="dcca data-parallel")
+    advice = (f"the global batch's covariance became singular or the updates diverged (global batch {bs}, "
+              f"learning_rate={c.learning_rate}, ridges {c.ridge_v}/{c.ridge_s}): lower the learning rate, raise "
+              "the ridges, or use float32 outputs (precision policy 'bfloat16' keeps the objective in float32).")
+    for epoch in range(int(c.epochs)):
+        if stopper.stopped:
+            break
+        t0 = time.perf_counter()
+        perm = np.random.default_rng([int(c.seed), epoch, jax.process_index()]).permutation(n_fit)
+        objectives = []
+        for i in range(steps):
+            idx = np.sort(rows[perm[i * local_bs:(i + 1) * local_bs]])  # sorted: sequential reads from a memmap
+            batch = (np.asarray(x_v[idx], dt), np.asarray(x_s[idx], dt))
+            state, metrics = step(state, batch, step_rng)
+            objectives.append(metrics["objective"])
+        n_steps = int(state.step)
+        obj = check_finite(np.mean(jax.device_get(objectives)), what="DCCA objective", step=n_steps, epoch=epoch,
+                           advice=advice)
+        secs = time.perf_counter() - t0
+        rec = {"kind": "epoch", "epoch": epoch, "step": n_steps, "objective": obj, "seconds": secs,
+               "samples_per_s": steps * bs / secs, "steps": n_steps}
+        current = _host((plain(state.params), plain(state.batch_stats)))
+        if val is not None:
+            vc = model.total_correlation(outputs(*current, val[0], 0), outputs(*current, val[1], 1))
+            rec["val_corr"] = check_finite(vc, what="held-out correlation", step=n_steps, epoch=epoch, advice=advice)
+            if stopper.update(vc, step=n_steps):
+                best = current
+            rec["best_val_corr"] = stopper.best
+        else:
+            best, stopper.best_step = current, n_steps
+        writer.write(rec)
+    params, stats = jax.tree.map(jnp.asarray, best)
+    # Eq. 8: linear CCA on the towers' outputs for every process's training rows.
+    model.set_trained(params, stats, outputs(params, stats, fit_v, 0), outputs(params, stats, fit_s, 1),
+                      history=writer.history, best_step=stopper.best_step, best_val_corr=stopper.best,
+                      dims=(x_v.shape[1], x_s.shape[1]))
+    model.fit_seconds = time.perf_counter() - t_start
+    return model
 
 
 # ------------------------------------------------------------------------------------- multi-host
-_ENV = {
-    "coordinator_address": ("DCCA_COORDINATOR_ADDRESS", "JAX_COORDINATOR_ADDRESS"),
-    "num_processes": ("DCCA_NUM_PROCESSES", "JAX_NUM_PROCESSES"),
-    "process_id": ("DCCA_PROCESS_ID", "JAX_PROCESS_ID"),
-}
-# Environments where jax.distributed.initialize() finds everything itself.
-_AUTODETECT_ENV = ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES", "CLOUD_TPU_TASK_ID", "MEGASCALE_COORDINATOR_ADDRESS")
-
-
-def _from_env(key: str, cast=str):
-    for var in _ENV[key]:
-        value = os.environ.get(var)
-        if value not in (None, ""):
-            try:
-                return cast(value)
-            except ValueError:
-                raise ValueError(f"environment variable {var}={value!r} is not a valid {key}.") from None
-    return None
-
-
 def initialize_distributed(
     coordinator_address: str | None = None,
     num_processes: int | None = None,
@@ -656,14 +704,13 @@ def initialize_distributed(
     local_device_ids=None,
     initialization_timeout: int = 300,
     cpu_collectives: str | None = "gloo",
-    auto: bool | None = None,
+    auto: bool = False,
 ) -> bool:
-    """Starts ``jax.distributed`` (one process per host) from arguments or the environment.
+    """Starts ``jax.distributed`` (one process per host) from explicit arguments.
 
-    Each argument left ``None`` is read from ``DCCA_<NAME>`` or ``JAX_<NAME>`` (``COORDINATOR_ADDRESS``
-    as ``host:port``, ``NUM_PROCESSES``, ``PROCESS_ID``). When none is set but the process runs under
-    SLURM, Open MPI or Kubernetes TPU jobs, JAX detects the cluster itself; on a Cloud TPU VM pod slice
-    pass ``auto=True`` (or set ``DCCA_DISTRIBUTED=auto``) to let JAX read the TPU metadata. Call it
+    Reads no environment: the caller (``experiments/train_dcca_distributed.py``) turns its flags and the
+    ``DCCA_/JAX_*`` variables into these arguments. With none of the three given, ``auto=True`` lets
+    ``jax.distributed.initialize()`` detect the cluster itself (SLURM, Open MPI, Cloud TPU pods). Call it
     before any other JAX call that touches devices.
 
     Args:
@@ -674,8 +721,7 @@ def initialize_distributed(
       initialization_timeout: seconds to wait for the other processes.
       cpu_collectives: CPU cross-process collectives (``"gloo"``; ``None`` keeps JAX's setting). Needed
         only for CPU runs; harmless on GPU/TPU.
-      auto: call ``jax.distributed.initialize()`` without arguments (cluster auto-detection); default
-        from ``DCCA_DISTRIBUTED=auto``.
+      auto: call ``jax.distributed.initialize()`` without arguments (cluster auto-detection).
 
     Returns:
       True when a multi-process runtime is up (now or already), False for a plain single process.
@@ -685,17 +731,12 @@ def initialize_distributed(
     """
     if jax.distributed.is_initialized():
         return True
-    coordinator_address = coordinator_address or _from_env("coordinator_address")
-    num_processes = num_processes if num_processes is not None else _from_env("num_processes", int)
-    process_id = process_id if process_id is not None else _from_env("process_id", int)
     given = [v is not None for v in (coordinator_address, num_processes, process_id)]
     if cpu_collectives is not None:
         jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
-    if auto is None:
-        auto = os.environ.get("DCCA_DISTRIBUTED", "").lower() == "auto"
     if not any(given):
-        if auto or any(os.environ.get(v) for v in _AUTODETECT_ENV):
-            logging.info("initialize_distributed: cluster environment detected; letting JAX configure itself.")
+        if auto:
+            logging.info("initialize_distributed: letting JAX detect the cluster.")
             jax.distributed.initialize(local_device_ids=local_device_ids, initialization_timeout=initialization_timeout)
             return True
         return False
@@ -703,8 +744,7 @@ def initialize_distributed(
         return False
     if not all(given):
         raise ValueError(
-            "initialize_distributed needs coordinator_address, num_processes and process_id together (or "
-            "DCCA_/JAX_COORDINATOR_ADDRESS, _NUM_PROCESSES, _PROCESS_ID); got "
+            "initialize_distributed needs coordinator_address, num_processes and process_id together; got "
             f"coordinator_address={coordinator_address!r}, num_processes={num_processes!r}, process_id={process_id!r}."
         )
     if not 0 <= process_id < num_processes:

@@ -51,7 +51,6 @@ References:
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import json
@@ -75,10 +74,10 @@ from dcca_jax.tagging import recommend
 from dcca_jax.visual.augment import BatchLoader, DecodedImages, augment_config
 from dcca_jax.blas import limit_blas_threads
 from dcca_jax.models.cca import CCAParams, fit_linear_cca, project
-from dcca_jax.models.dcca import NonFiniteLossError, _MetricsWriter
-from dcca_jax.visual.mobilenet import BLOCKS, NUM_FEATURES, InvertedResidual, _QConv
+from dcca_jax.visual.mobilenet import BLOCKS, NUM_FEATURES, InvertedResidual, QConv
 from dcca_jax.objectives import OBJECTIVES, cca_loss
 from dcca_jax.models.towers import ResidualCCATower, init_from_cca
+from dcca_jax.training import METRICS_FILE, Checkpoints, EarlyStopping, MetricsWriter, check_finite, fingerprint
 
 __all__ = [
     "LAYERS",
@@ -108,7 +107,6 @@ _BLOCK_SPEC = {b[0]: b for b in BLOCKS}
 BN_MODES = ("folded", "update")
 DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
 COMPUTE_DTYPES = {**DTYPES, "bfloat16": jnp.bfloat16}
-CHECKPOINT_DIR = "checkpoints"
 _RESUMABLE_FIELDS = ("epochs", "patience", "checkpoint_every", "keep_checkpoints", "log_every", "num_workers",
                      "prefetch", "eval_batch")
 
@@ -208,9 +206,9 @@ class BackboneSegment(nn.Module):
         kw = dict(batch_norm=self.batch_norm, bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon)
         for name in LAYERS[self.start:self.stop]:
             if name == "Conv":
-                x = _QConv(32, 3, stride=2, name="Conv", **kw)(x, train=train)
+                x = QConv(32, 3, stride=2, name="Conv", **kw)(x, train=train)
             elif name == "Conv_1":
-                x = _QConv(NUM_FEATURES, 1, name="Conv_1", **kw)(x, train=train)
+                x = QConv(NUM_FEATURES, 1, name="Conv_1", **kw)(x, train=train)
             else:
                 _, t, c_in, c_out, s = _BLOCK_SPEC[name]
                 x = InvertedResidual(t, c_in, c_out, s, name=name, **kw)(x, train=train)
@@ -685,11 +683,12 @@ def fit_finetune(config: ml_collections.ConfigDict, *, backbone_params: dict, im
       NonFiniteLossError: the loss or the validation outputs became NaN/inf (with advice).
     """
     with limit_blas_threads(1):
-        return _fit(config, backbone_params, images, labels, np.asarray(fit_idx), np.asarray(val_idx), features,
-                    workdir, fit_boundary, val_boundary)
+        return _fit(config, backbone_params=backbone_params, images=images, labels=labels,
+                    fit_idx=np.asarray(fit_idx), val_idx=np.asarray(val_idx), features=features, workdir=workdir,
+                    fit_b=fit_boundary, val_b=val_boundary)
 
 
-def _fit(c, backbone_params, images, labels, fit_idx, val_idx, features, workdir, fit_b, val_b) -> FinetuneResult:
+def _fit(c, *, backbone_params, images, labels, fit_idx, val_idx, features, workdir, fit_b, val_b) -> FinetuneResult:
     start = _validate(c)
     dt = DTYPES[c.dtype]
     fns = _cached_functions(_fn_key(c))
@@ -758,28 +757,33 @@ def _fit(c, backbone_params, images, labels, fit_idx, val_idx, features, workdir
     total_steps = steps_per_epoch * int(c.epochs)
 
     workdir = None if workdir is None else pathlib.Path(workdir)
-    manager, resume_step = None, None
-    # compute_dtype at its default (None) is left out: workdirs written before the field existed resume.
-    fingerprint = {"config": {k: v for k, v in json.loads(c.to_json()).items()
-                              if k not in _RESUMABLE_FIELDS and not (k == "compute_dtype" and v is None)},
-                   "n_fit": int(n_fit), "n_val": int(len(val_idx))}
+    ckpt, resume_step = None, None
     if workdir is not None:
-        manager = _checkpoint_manager(workdir, int(c.keep_checkpoints))
-        latest = manager.latest_step()
-        if latest is not None:
-            state, best, meta = _restore(manager, latest, state, fingerprint)
-            resume_step = int(latest)
-            logging.info("finetune: resumed from %s at step %d", workdir / CHECKPOINT_DIR, resume_step)
-    writer = _MetricsWriter(workdir, resume_step if resume_step is not None else 0)
+        ckpt = Checkpoints(workdir, fingerprint=fingerprint(c, resumable=_RESUMABLE_FIELDS, optional=("compute_dtype",), n_fit=n_fit,
+                                                            n_val=len(val_idx)),
+                           keep=int(c.keep_checkpoints), job="fine-tuning job", resumable=_RESUMABLE_FIELDS)
+        tree, meta, resume_step = ckpt.restore_or_init(_tree(state, best), meta)
+        if resume_step is not None:
+            s = tree["state"]
+            state = state.replace(params=s["params"], opt_state=s["opt_state"], step=s["step"],
+                                  batch_stats=s["batch_stats"])
+            best = (tree["best"]["params"], tree["best"]["batch_stats"])
+    # Early stopping on validation per-word F1; best_step of the stopper is the best *epoch* (-1: the start).
+    stopper = EarlyStopping(patience=int(c.patience), best=meta["best_f1"], best_step=meta["best_epoch"],
+                            bad_epochs=meta["bad_epochs"], stopped=meta["stopped"])
+    writer = MetricsWriter(None if workdir is None else workdir / METRICS_FILE, resume_step=resume_step or 0,
+                           name="finetune")
     loader = None if frozen_cnn else BatchLoader(images, c.augment, batch_size=mb, train=True, seed=int(c.seed),
                                                   num_workers=int(c.num_workers), prefetch=int(c.prefetch))
     seconds_before = float(meta["train_seconds"])
     t0 = time.time()
+    advice = _nonfinite_advice(c)
 
     def save(step):
-        meta["train_seconds"] = seconds_before + time.time() - t0
-        if manager is not None:
-            _save(manager, step, state, best, meta, fingerprint)
+        meta.update(train_seconds=seconds_before + time.time() - t0, best_f1=stopper.best,
+                     best_epoch=stopper.best_step, bad_epochs=stopper.bad_epochs, stopped=stopper.stopped)
+        if ckpt is not None:
+            ckpt.save(step, _tree(state, best), meta)
 
     def model_of(p, s):
         return FinetunedDCCA(c, fns, frozen, p, s, init)
@@ -788,22 +792,23 @@ def _fit(c, backbone_params, images, labels, fit_idx, val_idx, features, workdir
         model = model_of(params_, stats_)
         model.refit_cca(fit_b, tags[fit_idx])
         val_m, _ = validation_f1(c, model, fit_b, tags[fit_idx], labels[fit_idx], val_b, labels[val_idx])
-        if not math.isfinite(val_m["per_word/F1"]) or not bool(jnp.all(jnp.isfinite(model.cca.proj_v))):
-            raise NonFiniteLossError(_nonfinite_message(c, val_m["per_word/F1"], step, epoch, workdir, held_out=True))
+        f1 = val_m["per_word/F1"] if bool(jnp.all(jnp.isfinite(model.cca.proj_v))) else math.nan
+        check_finite(f1, what="validation output", step=step, epoch=epoch, advice=advice, workdir=workdir)
         return val_m
 
     step = int(state.step)
     epoch = -1
-    if meta["best_f1"] is None:
+    if stopper.best is None:
         # The starting point (linear CCA of the pretrained features) is a candidate too: training is kept only
         # where it improves validation F1.
         val_m = evaluate(state.params, state.batch_stats)
-        meta.update(best_f1=val_m["per_word/F1"], best_epoch=-1, best_step=0, best_val=val_m)
+        stopper.update(val_m["per_word/F1"], step=-1)
+        meta.update(best_f1=stopper.best, best_epoch=-1, best_step=0, best_val=val_m)
         writer.write({"kind": "epoch", "step": 0, "epoch": -1, "val_f1": val_m["per_word/F1"],
                       "val_n_plus": val_m["per_word/N+"], "val_af": val_m["per_image/AF"],
                       "best_f1": meta["best_f1"], "epoch_s": 0.0, "elapsed_s": 0.0})
     try:
-        while step < total_steps and not meta["stopped"]:
+        while step < total_steps and not stopper.stopped:
             epoch = step // steps_per_epoch
             t_epoch = time.time()
             perm = np.random.default_rng([int(c.seed), epoch]).permutation(n_fit)[:steps_per_epoch * eff]
@@ -820,9 +825,7 @@ def _fit(c, backbone_params, images, labels, fit_idx, val_idx, features, workdir
                 loss, grads, new_stats = accumulated_gradients(fns, state.params, state.batch_stats, bnd, y)
                 state = fns.apply_updates(state, grads, new_stats)
                 step += 1
-                loss = float(loss)
-                if not math.isfinite(loss):
-                    raise NonFiniteLossError(_nonfinite_message(c, loss, step, epoch, workdir))
+                loss = check_finite(loss, what="loss", step=step, epoch=epoch, advice=advice, workdir=workdir)
                 writer.write({"kind": "step", "step": step, "epoch": epoch, "loss": loss,
                               "grad_norm": float(optax.tree.norm(grads))}, log=step % max(1, int(c.log_every)) == 0)
                 if c.checkpoint_every and step % int(c.checkpoint_every) == 0 and i + 1 < steps_per_epoch:
@@ -830,77 +833,38 @@ def _fit(c, backbone_params, images, labels, fit_idx, val_idx, features, workdir
             # ---- end of epoch: validation F1 of tag transfer in the common space, early stopping
             val_m = evaluate(state.params, state.batch_stats)
             f1 = val_m["per_word/F1"]
-            if f1 > meta["best_f1"]:
-                meta.update(best_f1=f1, best_epoch=epoch, best_step=step, bad_epochs=0, best_val=val_m)
+            if stopper.update(f1, step=epoch):
+                meta.update(best_step=step, best_val=val_m)
                 best = jax.device_get((state.params, state.batch_stats))
-            else:
-                meta["bad_epochs"] += 1
-            if int(c.patience) > 0 and meta["bad_epochs"] >= int(c.patience):
-                meta["stopped"] = True
             meta["epoch_seconds"].append(time.time() - t_epoch)
             writer.write({"kind": "epoch", "step": step, "epoch": epoch, "val_f1": f1,
                           "val_n_plus": val_m["per_word/N+"], "val_af": val_m["per_image/AF"],
-                          "best_f1": meta["best_f1"], "epoch_s": meta["epoch_seconds"][-1],
+                          "best_f1": stopper.best, "epoch_s": meta["epoch_seconds"][-1],
                           "elapsed_s": seconds_before + time.time() - t0})
             save(step)
     finally:
-        if manager is not None:
-            manager.wait_until_finished()
-            manager.close()
+        if ckpt is not None:
+            ckpt.close()
 
     best_params, best_stats = jax.tree_util.tree_map(jnp.asarray, best)
     model = model_of(best_params, best_stats)
     model.refit_cca(fit_b, tags[fit_idx])
     train_seconds = seconds_before + time.time() - t0
     logging.info("finetune: best validation per-word F1 %.4f at epoch %d (prep %.1f s, train %.1f s)",
-                 meta["best_f1"], meta["best_epoch"], prep_seconds, train_seconds)
-    return FinetuneResult(model, writer.history, int(meta["best_epoch"]), meta["best_val"],
+                 stopper.best, stopper.best_step, prep_seconds, train_seconds)
+    return FinetuneResult(model, writer.history, int(stopper.best_step), meta["best_val"],
                           list(meta["epoch_seconds"]), train_seconds, fit_b, val_b)
 
 
-def _nonfinite_message(c, value, step, epoch, workdir, held_out=False) -> str:
-    what = "validation output" if held_out else "loss"
-    return (f"non-finite {what} ({value}) at step {step} (epoch {epoch}): the tower outputs' covariance became "
-            f"singular or the updates diverged. Lower cnn_lr/head_lr (now {c.cnn_lr}/{c.head_lr}), raise the "
-            f"loss ridges ridge_v/ridge_s (now {c.ridge_v}/{c.ridge_s}), or raise the effective batch "
-            f"micro_batch x accumulate (now {c.micro_batch} x {c.accumulate}, out_dim {c.out_dim}). "
-            + (f"The last finite checkpoint in {workdir} is kept; change the config and rerun in a fresh workdir."
-               if workdir is not None else ""))
-
-
-def _checkpoint_manager(workdir: pathlib.Path, keep: int):
-    import orbax.checkpoint as ocp
-
-    workdir.mkdir(parents=True, exist_ok=True)
-    options = ocp.CheckpointManagerOptions(max_to_keep=max(1, keep), create=True)
-    return ocp.CheckpointManager((workdir / CHECKPOINT_DIR).resolve(), options=options)
+def _nonfinite_advice(c) -> str:
+    return (f"the tower outputs' covariance became singular or the updates diverged. Lower cnn_lr/head_lr (now "
+            f"{c.cnn_lr}/{c.head_lr}), raise the loss ridges ridge_v/ridge_s (now {c.ridge_v}/{c.ridge_s}), or raise "
+            f"the effective batch micro_batch x accumulate (now {c.micro_batch} x {c.accumulate}, out_dim "
+            f"{c.out_dim}).")
 
 
 def _tree(state, best):
+    """The checkpointed pytree: the train state and the best-so-far parameters (the layout of existing workdirs)."""
     return {"state": {"params": state.params, "opt_state": state.opt_state, "step": state.step,
                       "batch_stats": state.batch_stats},
             "best": {"params": best[0], "batch_stats": best[1]}}
-
-
-def _save(manager, step, state, best, meta, fingerprint):
-    import orbax.checkpoint as ocp
-
-    tree = jax.device_get(_tree(state, best))
-    info = copy.deepcopy({**meta, "fingerprint": fingerprint})
-    manager.save(step, args=ocp.args.Composite(tree=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(info)))
-
-
-def _restore(manager, step, state, fingerprint):
-    import orbax.checkpoint as ocp
-
-    info = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    if info.get("fingerprint") != json.loads(json.dumps(fingerprint)):
-        raise ValueError(f"the checkpoint at step {step} in {manager.directory} was written with a different config "
-                         f"or split; use a fresh workdir or the old config (only {_RESUMABLE_FIELDS} may change).")
-    template = _tree(state, (state.params, state.batch_stats))
-    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
-    tree = manager.restore(step, args=ocp.args.Composite(tree=ocp.args.StandardRestore(abstract)))["tree"]
-    s = tree["state"]
-    state = state.replace(params=s["params"], opt_state=s["opt_state"], step=s["step"], batch_stats=s["batch_stats"])
-    meta = {k: v for k, v in info.items() if k != "fingerprint"}
-    return state, (tree["best"]["params"], tree["best"]["batch_stats"]), meta

@@ -1,4 +1,4 @@
-"""The DCCA correlation objectives (Eq. 4-7), selectable by name.
+r"""The DCCA correlation objectives (Eq. 4-7), selectable by name.
 
 All functions take the two networks' outputs ``h_v`` ``(n, o_v)`` and ``h_s`` ``(n, o_s)`` (rows are
 samples), are pure and jit-compatible, and differentiate safely on degenerate input when the ridges
@@ -15,6 +15,14 @@ name             formula (``rho`` = singular values of T)     used by
 ``sum_squares``  ``sum_j rho_j^2 = ||T||_F^2``                Wang et al. 2015; cca-zoo "DCCA-SS"
 ``eq6``          loss ``1/2 sum_j (1 - rho_j)^2``             the paper's Eq. 6
 ===============  ===========================================  ===================================
+
+Whitening (how ``T`` of Eq. 5 is formed): ``"cholesky"``, :math:`L_v^{-1}\Sigma_{vs}L_s^{-\top}` with
+:math:`\Sigma = LL^\top`, is the default of every function here and of :class:`dcca_jax.models.dcca.DeepCCA`
+(:data:`DEFAULT_WHITENING`; the setting that produced the published results). ``"symmetric"``,
+:math:`\Sigma_{vv}^{-1/2}\Sigma_{vs}\Sigma_{ss}^{-1/2}`, is Eq. 5 read literally. The two matrices differ by
+orthogonal factors, so their singular values (the canonical correlations) and every objective are the same;
+Cholesky is cheaper, and its gradient does not go through an eigendecomposition (the symmetric inverse square
+root needs the Daleckii-Krein JVP of :func:`dcca_jax.linalg.inv_sqrtm`).
 """
 from __future__ import annotations
 
@@ -27,6 +35,7 @@ from dcca_jax.linalg import check_views, cholesky_whitener, covariance, inv_sqrt
 __all__ = [
     "OBJECTIVES",
     "WHITENINGS",
+    "DEFAULT_WHITENING",
     "view_covariances",
     "correlation_matrix",
     "canonical_correlations",
@@ -38,6 +47,7 @@ __all__ = [
 
 OBJECTIVES = ("trace_norm", "top_k", "frobenius", "sum_squares", "eq6")
 WHITENINGS = ("symmetric", "cholesky")
+DEFAULT_WHITENING = "cholesky"
 
 
 def view_covariances(h_v: ArrayLike, h_s: ArrayLike, *, ridge_v: float = 1e-4, ridge_s: float = 1e-4):
@@ -67,15 +77,16 @@ def correlation_matrix(
     *,
     ridge_v: float = 1e-4,
     ridge_s: float = 1e-4,
-    whitening: str = "symmetric",
+    whitening: str = DEFAULT_WHITENING,
 ) -> jax.Array:
     r"""The whitened cross-covariance ``T`` of Eq. 5.
 
     .. math:: T = \Sigma_{vv}^{-1/2}\,\Sigma_{vs}\,\Sigma_{ss}^{-1/2}
 
     (The paper prints the exponents as ``1/2``; the inverse square roots are meant, as in Andrew et
-    al. 2013.) ``whitening="cholesky"`` uses :math:`L_v^{-1}\Sigma_{vs}L_s^{-\top}` instead, which has
-    the same singular values (it differs by orthogonal factors) and is cheaper.
+    al. 2013.) That is ``whitening="symmetric"``; the default ``"cholesky"`` (module docstring) uses
+    :math:`L_v^{-1}\Sigma_{vs}L_s^{-\top}` instead, which has the same singular values (it differs by
+    orthogonal factors) and is cheaper.
 
     Returns:
       ``(o_v, o_s)`` matrix whose singular values are the canonical correlations.
@@ -94,7 +105,7 @@ def canonical_correlations(
     *,
     ridge_v: float = 1e-4,
     ridge_s: float = 1e-4,
-    whitening: str = "cholesky",
+    whitening: str = DEFAULT_WHITENING,
 ) -> jax.Array:
     """Canonical correlations of two views: the singular values of ``T`` (Eq. 5), descending.
 
@@ -139,7 +150,7 @@ def correlation_objective(
     k: int | None = None,
     ridge_v: float = 1e-4,
     ridge_s: float = 1e-4,
-    whitening: str = "cholesky",
+    whitening: str = DEFAULT_WHITENING,
 ) -> jax.Array:
     r"""The total correlation to maximise (Eq. 5), by name; see the module table.
 
@@ -151,8 +162,8 @@ def correlation_objective(
       objective: one of :data:`OBJECTIVES`.
       k: number of correlations summed by ``top_k``.
       ridge_v, ridge_s: Eq. 4 regularisers.
-      whitening: ``"cholesky"`` (default, cheaper) or ``"symmetric"`` (Eq. 5 literally); the value
-        is the same either way.
+      whitening: ``"cholesky"`` (:data:`DEFAULT_WHITENING`, cheaper) or ``"symmetric"`` (Eq. 5
+        literally); the value is the same either way.
 
     Returns:
       A scalar.
@@ -183,7 +194,7 @@ def cca_loss(
     k: int | None = None,
     ridge_v: float = 1e-4,
     ridge_s: float = 1e-4,
-    whitening: str = "cholesky",
+    whitening: str = DEFAULT_WHITENING,
 ) -> jax.Array:
     """The loss DCCA minimises: ``-correlation_objective(...)``; for ``eq6`` the paper's Eq. 6 loss."""
     return -correlation_objective(

@@ -23,12 +23,10 @@ import hashlib
 import json
 import os
 import pathlib
-import platform
 import shutil
 import time
 from typing import Any, Callable
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -47,38 +45,30 @@ from dcca_jax.baselines import cca_knn as cca_knn_lib
 from dcca_jax.baselines import general_cca as general_cca_lib
 from dcca_jax.baselines import jec as jec_lib
 from dcca_jax.models.cca import LinearCCA
+from dcca_jax._io import atomic_save_npy, atomic_write_text, config_key, jsonable, package_versions
 
 __all__ = [
-    "default_config",
-    "default_tflite_path",
+    "pipeline_config",
     "PipelineError",
     "Pipeline",
     "run_pipeline",
     "MODEL_NAMES",
     "BASELINE_NAMES",
+    "model_classes",
+    "package_versions",
 ]
 
 MODEL_NAMES = ("cca", "kcca", "dcca")
 BASELINE_NAMES = ("jec", "general_cca", "cca_knn")
 STAGE_VERSION = 1
-_TFLITE_NAME = "mobilenet_v2_1.0_224_quant.tflite"
 
 
 class PipelineError(RuntimeError):
     """A user-facing failure (bad path, bad config): the message says what to change."""
 
 
-def default_tflite_path() -> str:
-    """Where the MobileNetV2 TFLite weights are looked for: ``$DCCA_MOBILENET_TFLITE``, else
-    ``../shared/models/mobilenet_v2_1.0_224_quant/`` beside the repository."""
-    env = os.environ.get("DCCA_MOBILENET_TFLITE")
-    if env:
-        return env
-    repo = pathlib.Path(__file__).resolve().parents[1]
-    return str(repo.parent / "shared" / "models" / "mobilenet_v2_1.0_224_quant" / _TFLITE_NAME)
-
-
-def _model_classes():
+def model_classes() -> dict[str, type[CorrelationModel]]:
+    """The correlation model classes by config name: ``{"cca": LinearCCA, "kcca": KernelCCA, "dcca": DeepCCA}``."""
     # Imported lazily: kernel and deep CCA pull in more of flax/optax/orbax than the rest needs.
     from dcca_jax.models.dcca import DeepCCA
     from dcca_jax.models.kcca import KernelCCA
@@ -86,13 +76,13 @@ def _model_classes():
     return {"cca": LinearCCA, "kcca": KernelCCA, "dcca": DeepCCA}
 
 
-def default_config() -> ml_collections.ConfigDict:
+def pipeline_config() -> ml_collections.ConfigDict:
     """The main job's configuration: the embedded synthetic dataset, end to end, on 2 CPU cores.
 
     Every size is ``"auto"``: resolved from the data after the split, towards the targets in ``c.sizes``
     (:mod:`dcca_jax.sizes`); an integer set instead must fit the data.
     """
-    classes = _model_classes()
+    classes = model_classes()
     c = ml_collections.ConfigDict()
     c.seed = 0
 
@@ -100,13 +90,15 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.kind = "synthetic"  # synthetic | corel5k | image_folder | nus_wide | features
     c.data.root = ""  # dataset folder (for synthetic: where to generate; default workdir/stages/data)
     c.data.options = ml_collections.ConfigDict()  # extra keyword arguments of the loader
-    c.data.synthetic = synthetic.default_config()
+    c.data.synthetic = synthetic.synthetic_config()
     c.data.validation_fraction = 0.15
     c.data.max_train = 0  # 0 = all; else a seeded subsample (quick trials)
 
     c.visual = ml_collections.ConfigDict()
     c.visual.backbone = "auto"  # auto | mobilenet_v2 | alexnet | handcrafted | precomputed
-    c.visual.tflite_path = default_tflite_path()
+    # MobileNetV2 TFLite file; "" = none (backbone "auto" then uses the hand-crafted features). The library reads
+    # no environment: experiments/configs/default.py fills in $DCCA_MOBILENET_TFLITE or ../shared.
+    c.visual.tflite_path = ""
     c.visual.alexnet_weights = ""
     c.visual.alexnet_layout = "torchvision"
     c.visual.batch_size = 32
@@ -114,9 +106,9 @@ def default_config() -> ml_collections.ConfigDict:
     # whole centre square, which suits Corel's 3:2 photos better, see FINDINGS.md).
     c.visual.crop_fraction = 0.875
     c.visual.use_autoencoder = True
-    c.visual.autoencoder = ae_lib.default_config()
+    c.visual.autoencoder = ae_lib.autoencoder_config()
 
-    c.semantic = deepwords.default_config()
+    c.semantic = deepwords.semantic_config()
 
     c.models = MODEL_NAMES
     c.cca = classes["cca"].default_config()
@@ -138,54 +130,6 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-def _jsonable(obj):
-    if isinstance(obj, ml_collections.ConfigDict):
-        return json.loads(obj.to_json_best_effort())
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.generic, jax.Array)):
-        return np.asarray(obj).tolist()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, pathlib.PurePath):
-        return str(obj)
-    return obj
-
-
-def _key(payload: Any) -> str:
-    blob = json.dumps(_jsonable(payload), sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def _atomic_write_text(path: pathlib.Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _save_npy(path: pathlib.Path, arr) -> None:
-    tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, np.asarray(arr))
-    os.replace(tmp, path)
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of the packages that decide the numbers (written beside every result)."""
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version(), "platform": platform.platform()}
-    for name in ("dcca_jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "scipy", "gensim", "pillow"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            out[name] = "not installed"
-    out["jax_backend"] = jax.default_backend()
-    return out
-
-
 @dataclasses.dataclass
 class Views:
     """The two views of every split, aligned row by row with ``labels``."""
@@ -244,7 +188,7 @@ class Pipeline:
         return self.workdir / "stages" / name
 
     def _run_stage(self, name: str, key_payload: dict, compute: Callable[[pathlib.Path], None]) -> tuple[pathlib.Path, str]:
-        key = _key({"stage": name, "version": STAGE_VERSION, **key_payload})
+        key = config_key({"stage": name, "version": STAGE_VERSION, **key_payload})
         d = self._stage_dir(name)
         key_file, done = d / "key.json", d / "DONE"
         if done.exists() and key_file.exists() and json.loads(key_file.read_text()).get("key") == key:
@@ -256,11 +200,11 @@ class Pipeline:
         elif d.exists():
             logging.info("stage %s: resuming an unfinished run", name)
         d.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(key_file, json.dumps({"key": key, "inputs": _jsonable(key_payload)}, indent=2))
+        atomic_write_text(key_file, json.dumps({"key": key, "inputs": jsonable(key_payload)}, indent=2))
         t0 = time.perf_counter()
         compute(d)
         self.timings[name] = time.perf_counter() - t0
-        _atomic_write_text(d / "timing.json", json.dumps({"seconds": self.timings[name]}))
+        atomic_write_text(d / "timing.json", json.dumps({"seconds": self.timings[name]}))
         done.write_text(key + "\n")
         logging.info("stage %s: done in %.1f s", name, self.timings[name])
         if self._fail_after == name:
@@ -300,7 +244,7 @@ class Pipeline:
             idx = np.sort(np.random.default_rng(c.seed).permutation(len(train))[: c.data.max_train])
             train = train.subset(idx)
         fit, val = data_lib.train_validation_split(train, fraction=c.data.validation_fraction, seed=c.seed)
-        fingerprint = _key({
+        fingerprint = config_key({
             "name": ds.name, "vocabulary": ds.vocabulary,
             "train": [train.ids, train.tags], "test": [ds.test.ids, ds.test.tags],
             "features": [None if s.features is None else hashlib.sha256(np.ascontiguousarray(s.features)).hexdigest()
@@ -404,7 +348,7 @@ class Pipeline:
                     feats = handcrafted_features(split.image_paths, cache_path=self._jec_cache(split_name))
                     ok = np.ones(len(feats), bool)
                 else:
-                    bcfg = extract_lib.default_backbone_config()
+                    bcfg = extract_lib.backbone_config()
                     bcfg.backbone = name
                     bcfg.mobilenet_v2.tflite_path = c.tflite_path
                     bcfg.alexnet.weights_path = c.alexnet_weights
@@ -420,11 +364,11 @@ class Pipeline:
                     feats, ok = res.features, res.ok
                     info[f"images_per_second_{split_name}"] = res.images_per_second
                     info["failed"] += [{**f, "split": split_name} for f in res.failed]
-                _save_npy(d / f"{split_name}.npy", feats.astype(np.float32))
-                _save_npy(d / f"{split_name}_ok.npy", ok)
+                atomic_save_npy(d / f"{split_name}.npy", feats.astype(np.float32))
+                atomic_save_npy(d / f"{split_name}_ok.npy", ok)
                 info[f"n_{split_name}"] = int(len(feats))
                 info[f"n_failed_{split_name}"] = int((~ok).sum())
-            _atomic_write_text(d / "info.json", json.dumps(_jsonable(info), indent=2))
+            atomic_write_text(d / "info.json", json.dumps(jsonable(info), indent=2))
 
         d, key = self._run_stage("cnn", payload, compute)
         out = {"key": key, "info": json.loads((d / "info.json").read_text())}
@@ -434,10 +378,10 @@ class Pipeline:
         for f in out["info"]["failed"]:
             logging.warning("image skipped: %s (%s)", f.get("path"), f.get("reason"))
         self._cache["cnn"] = out
-        self.resolve_sizes(self._rows())  # the rows and width the later stages really get
+        self.resolve_sizes(self.rows())  # the rows and width the later stages really get
         return out
 
-    def _rows(self):
+    def rows(self):
         """Rows kept in each split (images whose features could be computed) and fit/val inside train."""
         data, cnn = self.stage_data(), self.stage_cnn()
         keep_train, keep_test = cnn["train_ok"], cnn["test_ok"]
@@ -449,7 +393,7 @@ class Pipeline:
         """Auto-encoder codes (section 2) of the CNN features; fitted on the fit part, stopped on val."""
         if "ae" in self._cache:
             return self._cache["ae"]
-        cnn, rows = self.stage_cnn(), self._rows()
+        cnn, rows = self.stage_cnn(), self.rows()
         c = self.config.visual
         if not c.use_autoencoder:
             out = {"key": cnn["key"], "train": cnn["train"], "test": cnn["test"], "metrics": None}
@@ -464,14 +408,14 @@ class Pipeline:
             for s in ("train", "test"):
                 ok = rows[s]
                 codes[s][ok] = np.asarray(model.encode(cnn[s][ok]))
-                _save_npy(d / f"{s}.npy", codes[s])
+                atomic_save_npy(d / f"{s}.npy", codes[s])
             rec = np.asarray(model.reconstruct(cnn["test"][rows["test"]]))
             held = ae_lib.reconstruction_metrics(cnn["test"][rows["test"]], rec, mean=model.mean)
             pca = ae_lib.pca_reconstruction(x_fit, cnn["test"][rows["test"]], n_components=c.autoencoder.code_dim)
             held_pca = ae_lib.reconstruction_metrics(cnn["test"][rows["test"]], pca, mean=model.mean)
             m = {"held_out": held, "held_out_pca_same_dim": held_pca, "best_epoch": model.best_epoch,
                  "input_dim": int(cnn["train"].shape[1]), "code_dim": int(c.autoencoder.code_dim)}
-            _atomic_write_text(d / "metrics.json", json.dumps(_jsonable(m), indent=2))
+            atomic_write_text(d / "metrics.json", json.dumps(jsonable(m), indent=2))
 
         d, key = self._run_stage("autoencoder", {"cnn": cnn["key"], "ae": c.autoencoder}, compute)
         out = {"key": key, "train": np.load(d / "train.npy"), "test": np.load(d / "test.npy"),
@@ -484,7 +428,7 @@ class Pipeline:
         """Skip-gram vectors and deep textual words learned on the fit part; every split encoded."""
         if "semantic" in self._cache:
             return self._cache["semantic"]
-        data, rows = self.stage_data(), self._rows()
+        data, rows = self.stage_data(), self.rows()
         c = self.config.semantic
         vocab = data["dataset"].vocabulary
 
@@ -492,14 +436,14 @@ class Pipeline:
             fit_tags = [data["train"].tags[i] for i in rows["fit"]]
             view = deepwords.semantic_view(fit_tags, data["train"].tags, data["test"].tags, config=c,
                                            vocabulary=vocab, names=["fit", "train", "test"])
-            _save_npy(d / "train.npy", np.asarray(view.others[0], np.float32))
-            _save_npy(d / "test.npy", np.asarray(view.others[1], np.float32))
+            atomic_save_npy(d / "train.npy", np.asarray(view.others[0], np.float32))
+            atomic_save_npy(d / "test.npy", np.asarray(view.others[1], np.float32))
             tag_s, _ = view.encoder.encode_numpy([[w] for w in vocab], name="vocabulary")
-            _save_npy(d / "tags.npy", np.asarray(tag_s, np.float32))
+            atomic_save_npy(d / "tags.npy", np.asarray(tag_s, np.float32))
             view.encoder.save(d / "encoder")
-            _atomic_write_text(d / "reports.json", json.dumps([r.to_dict() for r in view.reports], indent=2))
+            atomic_write_text(d / "reports.json", json.dumps([r.to_dict() for r in view.reports], indent=2))
 
-        d, key = self._run_stage("semantic", {"data": data["fingerprint"], "rows": _key(rows), "semantic": c}, compute)
+        d, key = self._run_stage("semantic", {"data": data["fingerprint"], "rows": config_key(rows), "semantic": c}, compute)
         out = {"key": key, "train": np.load(d / "train.npy"), "test": np.load(d / "test.npy"),
                "tags": np.load(d / "tags.npy"), "reports": json.loads((d / "reports.json").read_text())}
         self._cache["semantic"] = out
@@ -507,7 +451,7 @@ class Pipeline:
 
     def views(self) -> Views:
         """The DMFR views (AE codes, bags of deep words) of the fit/val/train/test rows, with labels."""
-        data, rows, ae, sem = self.stage_data(), self._rows(), self.stage_autoencoder(), self.stage_semantic()
+        data, rows, ae, sem = self.stage_data(), self.rows(), self.stage_autoencoder(), self.stage_semantic()
         lab_train, lab_test = data["train"].labels, data["test"].labels
         v = {"fit": ae["train"][rows["fit"]], "val": ae["train"][rows["val"]], "train": ae["train"][rows["train"]],
              "test": ae["test"][rows["test"]]}
@@ -526,7 +470,7 @@ class Pipeline:
         ae, sem = self.stage_autoencoder(), self.stage_semantic()
         mcfg = self.config[name]
         views = self.views()
-        cls = _model_classes()[name]
+        cls = model_classes()[name]
 
         def compute(d):
             model = cls(mcfg)
@@ -545,10 +489,10 @@ class Pipeline:
                 curves[split] = np.asarray(correlation_score_curve(z_v, z_s)).tolist()
             transform_s = time.perf_counter() - t0
             info = {"fit_seconds": fit_s, "transform_seconds": transform_s, "ccs": curves,
-                    "n_components": int(len(curves["fit"])), "config": _jsonable(mcfg)}
+                    "n_components": int(len(curves["fit"])), "config": jsonable(mcfg)}
             if name == "dcca":
                 info["objective"] = mcfg.objective
-            _atomic_write_text(d / "info.json", json.dumps(info, indent=2))
+            atomic_write_text(d / "info.json", json.dumps(info, indent=2))
 
         d, _ = self._run_stage(key_, {"ae": ae["key"], "semantic": sem["key"], "model": mcfg}, compute)
         out = (load_model(d / "model"), json.loads((d / "info.json").read_text()))
@@ -585,7 +529,7 @@ class Pipeline:
 
     def recommend_baseline(self, name: str) -> dict:
         """One baseline (``jec``, ``general_cca`` or ``cca_knn``) on the same split and rows."""
-        data, cnn, rows = self.stage_data(), self.stage_cnn(), self._rows()
+        data, cnn, rows = self.stage_data(), self.stage_cnn(), self.rows()
         c = self.config
         lab_train, lab_test = data["train"].labels[rows["train"]], data["test"].labels[rows["test"]]
         n_tags = int(c.recommend.n_tags)
@@ -626,7 +570,7 @@ class Pipeline:
         keys = {m: self._run_key_of(f"model_{m}") for m in self.config.models}
         payload = {"models": keys, "recommend": self.config.recommend, "cnn": self.stage_cnn()["key"],
                    "baselines": {b: self.config[b] for b in self.config.baselines},
-                   "rows": _key(self._rows()), "data": data["fingerprint"]}
+                   "rows": config_key(self.rows()), "data": data["fingerprint"]}
 
         def compute(d):
             results = {}
@@ -636,9 +580,9 @@ class Pipeline:
                 t0 = time.perf_counter()
                 r = recommend(name)
                 r["seconds"] = time.perf_counter() - t0
-                _save_npy(d / f"scores_{name}.npy", r.pop("scores"))
+                atomic_save_npy(d / f"scores_{name}.npy", r.pop("scores"))
                 results[title] = r
-            _atomic_write_text(d / "results.json", json.dumps(_jsonable(results), indent=2))
+            atomic_write_text(d / "results.json", json.dumps(jsonable(results), indent=2))
 
         d, _ = self._run_stage("recommend", payload, compute)
         return json.loads((d / "results.json").read_text())
@@ -678,22 +622,22 @@ class Pipeline:
         results = {
             "dataset": {"name": data["dataset"].name, "n_train": len(data["train"]), "n_fit": len(data["fit"]),
                         "n_val": len(data["val"]), "n_test": len(data["test"]),
-                        "vocabulary": len(data["dataset"].vocabulary), "info": _jsonable(data["dataset"].info)},
+                        "vocabulary": len(data["dataset"].vocabulary), "info": jsonable(data["dataset"].info)},
             "visual": {"backbone": cnn["info"]["backbone"], "cnn_dim": int(cnn["train"].shape[1]),
                        "failed_images": cnn["info"]["failed"], "autoencoder": ae["metrics"]},
             "semantic": {"dim": int(sem["train"].shape[1]), "reports": sem["reports"]},
             "table1_correlation": table1,
             "table2_recommendation": table2,
             "sizes": self.sizes.to_dict(),
-            "config": _jsonable(self.config),
-            "config_requested": _jsonable(self.requested_config),
+            "config": jsonable(self.config),
+            "config_requested": jsonable(self.requested_config),
             "versions": package_versions(),
             "seconds_this_run": time.perf_counter() - t0,
         }
-        _atomic_write_text(self.workdir / "results.json", json.dumps(_jsonable(results), indent=2))
+        atomic_write_text(self.workdir / "results.json", json.dumps(jsonable(results), indent=2))
         from dcca_jax import report
 
-        _atomic_write_text(self.workdir / "tables.md", report.markdown_tables(results))
+        atomic_write_text(self.workdir / "tables.md", report.markdown_tables(results))
         report.plot_correlation(results, self.workdir / "table1_ccs.png")
         report.plot_ap_ar(results, self.workdir / "ap_ar.png")
         return results
@@ -727,3 +671,4 @@ def handcrafted_features(paths, *, cache_path=None) -> np.ndarray:
 def run_pipeline(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, progress: bool = False) -> dict:
     """Runs the whole pipeline in ``workdir`` (resuming what is cached) and returns the results dict."""
     return Pipeline(config, workdir, progress=progress).run()
+

@@ -289,7 +289,7 @@ def check_data_parallel():
     nd = jax.local_device_count()
     bs = 64 * nd if _TINY.value else 1000 * nd
     x_v, x_s = correlated_views(bs, 40, 30, latent=8, seed=3, dtype=np.float32)
-    cfg = dcca.default_dcca_config()
+    cfg = dcca.dcca_config()
     cfg.towers.update(visual_hidden=(64,), semantic_hidden=(64,), out_dim=8, activation="relu", batch_norm=True)
     cfg.learning_rate = 1e-3
     tv = make_tower(hidden=(64,), out_dim=8, activation="relu", batch_norm=True)
@@ -342,7 +342,7 @@ def check_dcca_mnist():
     import jax.numpy as jnp
     import numpy as np
     from dcca_jax import DeepCCA
-    from dcca_jax.data.mnist import load_mnist_halves, total_correlation
+    from dcca_jax.data.mnist import load_mnist_halves
     from dcca_jax.models.towers import tower_forward_flops
     if _have("mnist"):
         d = load_mnist_halves(_paths()["mnist"])
@@ -373,7 +373,7 @@ def check_dcca_mnist():
         tflops = epoch_flops / steady / 1e12
         rows[cd] = {"epoch_times_s": times, "s_per_epoch": steady, "tflops": tflops, "matmul_tflops": rate,
                     "pct_of_matmul": 100 * tflops / rate, "ms_per_step": 1e3 * steady / steps,
-                    "test_total_corr": total_correlation(model, d["test_v"], d["test_s"]),
+                    "test_total_corr": float(np.sum(np.asarray(model.score(d["test_v"], d["test_s"])))),
                     "train_total_corr": float(np.sum(np.asarray(model.correlations)))}
     f, b = rows["float32"], rows["bfloat16"]
     return {"data": source, "n_train": n_train, "towers": [392, *hidden, out_dim], "batch": batch, "epochs": epochs,
@@ -415,7 +415,7 @@ def check_extract():
     e2e = None
     if _have("corel5k") or _TINY.value:
         paths, _, data = _corel_subset(min(_CORELN.value, 8 if _TINY.value else 10**9))
-        cfg = extract.default_backbone_config()
+        cfg = extract.backbone_config()
         if _have("tflite"):
             cfg.mobilenet_v2.tflite_path = str(_paths()["tflite"])
             bb = extract.build_backbone(cfg)

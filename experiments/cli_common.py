@@ -1,9 +1,9 @@
-"""Shared glue of the experiment mains: logging, one-line errors, and where the outputs went."""
+"""Shared glue of the experiment mains: logging, one-line errors, where the outputs went, cluster settings."""
 from __future__ import annotations
 
 import pathlib
 import sys
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 from absl import logging
 
@@ -77,3 +77,44 @@ def show(result: dict, workdir: str) -> None:
         print(newest.read_text())
     print(f"outputs in {out.resolve()}")
     del result
+
+
+# jax.distributed settings in the environment, first name wins (DCCA_ before JAX_).
+_DISTRIBUTED_ENV = {
+    "coordinator_address": (("DCCA_COORDINATOR_ADDRESS", "JAX_COORDINATOR_ADDRESS"), str),
+    "num_processes": (("DCCA_NUM_PROCESSES", "JAX_NUM_PROCESSES"), int),
+    "process_id": (("DCCA_PROCESS_ID", "JAX_PROCESS_ID"), int),
+}
+# Cluster managers whose jobs jax.distributed.initialize() configures by itself.
+CLUSTER_ENV = ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES", "CLOUD_TPU_TASK_ID",
+               "MEGASCALE_COORDINATOR_ADDRESS")
+
+
+def distributed_args(environ: Mapping[str, str], **given: Any) -> dict[str, Any]:
+    """Arguments of :func:`dcca_jax.distributed.initialize_distributed` from flags and the environment.
+
+    Each of ``coordinator_address``, ``num_processes`` and ``process_id`` not given (``None``) is read from
+    ``DCCA_<NAME>`` or ``JAX_<NAME>``. With none of them set anywhere, ``auto`` is true when asked for
+    (``auto=True`` or ``DCCA_DISTRIBUTED=auto``) or when a cluster manager JAX detects itself is present.
+
+    Raises:
+      ValueError: an environment variable does not parse (the message names it).
+    """
+    out: dict[str, Any] = {}
+    for key, (names, cast) in _DISTRIBUTED_ENV.items():
+        value = given.get(key)
+        for var in names:
+            if value is not None:
+                break
+            raw = environ.get(var)
+            if raw not in (None, ""):
+                try:
+                    value = cast(raw)
+                except ValueError:
+                    raise ValueError(f"environment variable {var}={raw!r} is not a valid {key}.") from None
+        out[key] = value
+    asked = bool(given.get("auto")) or environ.get("DCCA_DISTRIBUTED", "").lower() == "auto"
+    none_set = all(v is None for v in out.values())
+    out["auto"] = none_set and (asked or any(environ.get(v) for v in CLUSTER_ENV))
+    return out
+

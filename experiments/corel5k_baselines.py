@@ -6,7 +6,7 @@ r"""Corel5k baselines (JEC, general CCA with each transfer method, CCA-KNN): JSO
 from absl import app, flags
 from ml_collections import config_flags
 
-from dcca_jax.baselines.corel5k import run_corel5k_baselines
+from experiments.studies.corel5k_baselines import run_corel5k_baselines
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/corel5k_baselines.py",
                                           "Study configuration.", lock_config=True)

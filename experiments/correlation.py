@@ -7,8 +7,8 @@ Shares the pipeline's stage cache in the workdir: stages already computed there 
 from absl import app, flags
 from ml_collections import config_flags
 
-import cli_common as common
-from dcca_jax import studies
+from experiments import cli_common as common
+from experiments.studies import paper_tables
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/default.py", "Pipeline config file.",
                                           lock_config=True)
@@ -16,7 +16,7 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/default", "Directory for stages 
 
 
 def main(argv):
-    common.run(argv, lambda: common.show(studies.correlation_study(_CONFIG.value, _WORKDIR.value, progress=True), _WORKDIR.value))
+    common.run(argv, lambda: common.show(paper_tables.correlation_study(_CONFIG.value, _WORKDIR.value, progress=True), _WORKDIR.value))
 
 
 if __name__ == "__main__":

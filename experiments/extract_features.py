@@ -7,7 +7,7 @@ See the config's docstring for the outputs; --progress=false silences the progre
 from absl import app, flags
 from ml_collections import config_flags
 
-from dcca_jax import visual_view
+from experiments.studies import extract_features
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/extract_corel5k.py", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "runs/visual", "Output directory (reruns resume).")
@@ -16,7 +16,7 @@ _PROGRESS = flags.DEFINE_boolean("progress", True, "Show a progress bar on stder
 
 def main(argv):
     del argv
-    visual_view.build_visual_view(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value)
+    extract_features.build_visual_view(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value)
 
 
 if __name__ == "__main__":

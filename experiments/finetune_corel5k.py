@@ -1,6 +1,6 @@
 r"""DCCA from pixels on Corel5k (fine-tuned MobileNetV2) against frozen DCCA and linear CCA: JSON + Markdown.
 
-  PYTHONPATH=$PWD python experiments/finetune_corel5k.py --config=experiments/configs/finetune_corel5k.py \
+  python experiments/finetune_corel5k.py --config=experiments/configs/finetune_corel5k.py \
       --workdir=runs/corel5k_finetune
 
 Seeds: ``--config.seeds="(0,1,2)"``.  A rerun with the same workdir resumes (checkpoints per run, finished runs kept).
@@ -8,7 +8,7 @@ Seeds: ``--config.seeds="(0,1,2)"``.  A rerun with the same workdir resumes (che
 from absl import app, flags
 from ml_collections import config_flags
 
-from dcca_jax.finetune_experiment import run_finetune_corel5k
+from experiments.studies.finetune_corel5k import run_finetune_corel5k
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/finetune_corel5k.py",
                                           "Study configuration.", lock_config=True)

@@ -1,7 +1,7 @@
 r"""Kernel CCA on MNIST left/right halves: train/validation/test total correlation and fit time.
 
-  PYTHONPATH=$PWD .venv/bin/python experiments/kcca_mnist.py \
-      --config=experiments/configs/kcca_mnist.py --data=../shared/data/mnist/mnist.npz --out=runs/kcca_mnist
+  .venv/bin/python experiments/kcca_mnist.py \
+      --config=experiments/configs/kcca_mnist.py --data=../shared/data/mnist/mnist.npz --workdir=runs/kcca_mnist
 """
 import json
 import pathlib
@@ -11,11 +11,11 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from dcca_jax.data.mnist import fit_kcca_mnist
+from experiments.studies.mnist_halves import fit_kcca_mnist
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/kcca_mnist.py", lock_config=True)
 _DATA = flags.DEFINE_string("data", "../shared/data/mnist/mnist.npz", "mnist.npz path.")
-_OUT = flags.DEFINE_string("out", "runs/kcca_mnist", "Output directory (result.json, model/).")
+_WORKDIR = flags.DEFINE_string("workdir", "runs/kcca_mnist", "Output directory (result.json, model/).")
 
 
 def main(argv):
@@ -23,7 +23,7 @@ def main(argv):
     cfg = _CONFIG.value
     if cfg.float64:
         jax.config.update("jax_enable_x64", True)
-    out = pathlib.Path(_OUT.value)
+    out = pathlib.Path(_WORKDIR.value)
     out.mkdir(parents=True, exist_ok=True)
     result = fit_kcca_mnist(_DATA.value, config=cfg.model, n_val=cfg.n_val, refit_full=cfg.refit_full,
                             split_seed=cfg.split_seed, dtype=np.float64 if cfg.float64 else np.float32,

@@ -1,19 +1,20 @@
 r"""MNIST left/right halves (Andrew et al. 2013): linear CCA, KCCA and DCCA, table as JSON + Markdown.
 
-  PYTHONPATH=$PWD python experiments/mnist_halves.py --config=experiments/configs/mnist_halves.py \
-      --config.data_path=../shared/data/mnist/mnist.npz --config.workdir=runs/mnist_halves
+  python experiments/mnist_halves.py --config=experiments/configs/mnist_halves.py \
+      --config.data_path=../shared/data/mnist/mnist.npz --workdir=runs/mnist_halves
 """
-from absl import app
+from absl import app, flags
 from ml_collections import config_flags
 
-from dcca_jax.mnist_experiment import run_mnist_halves
+from experiments.studies.mnist_halves import run_mnist_halves
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/mnist_halves.py", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", "runs/mnist_halves", "Where the models, results.json and results.md go.")
 
 
 def main(argv):
     del argv
-    run_mnist_halves(_CONFIG.value)
+    run_mnist_halves(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":

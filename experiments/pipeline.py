@@ -11,7 +11,7 @@ and exits (as experiments/check_data.py).
 from absl import app, flags
 from ml_collections import config_flags
 
-import cli_common as common
+from experiments import cli_common as common
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/default.py", "Pipeline config file.",
                                           lock_config=True)

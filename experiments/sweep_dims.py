@@ -6,8 +6,8 @@ r"""Figure 2: per-image AF against the common-space dimension for DMFR&CCA and D
 from absl import app, flags
 from ml_collections import config_flags
 
-import cli_common as common
-from dcca_jax import studies
+from experiments import cli_common as common
+from experiments.studies import paper_tables
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/default.py", "Pipeline config file.",
                                           lock_config=True)
@@ -18,7 +18,7 @@ _MODELS = flags.DEFINE_list("models", ["cca", "dcca"], "Models to sweep (cca, kc
 
 def main(argv):
     common.run(argv, lambda: common.show(
-        studies.dimension_sweep(_CONFIG.value, _WORKDIR.value, dims=[int(d) for d in _DIMS.value],
+        paper_tables.dimension_sweep(_CONFIG.value, _WORKDIR.value, dims=[int(d) for d in _DIMS.value],
                                 models=_MODELS.value, progress=True), _WORKDIR.value))
 
 

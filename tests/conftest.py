@@ -1,4 +1,4 @@
-"""Shared fixtures: float64 on, and the path to ../shared (skipped with a reason when absent)."""
+"""Shared fixtures: float64 on, the path to ../shared (skipped with a reason when absent), one pipeline run."""
 from __future__ import annotations
 
 import os
@@ -26,20 +26,46 @@ def shared_dir() -> pathlib.Path:
     return shared_path()
 
 
-def shipped_config(name: str):
-    """``experiments/configs/<name>.py``'s ``get_config()`` (the configs import each other as ``configs.x``)."""
-    import importlib.util
+def outputs_of_fresh_processes(code: str, tmp_path: pathlib.Path, *, salts=("1", "12345"), suffix: str = ".npz"):
+    """Runs ``python -c code OUT`` (the repository on ``PYTHONPATH``) once per hash salt (``PYTHONHASHSEED``),
+    each in a fresh process, and returns the paths OUT the runs wrote: what a test of process-independent
+    results compares."""
+    import subprocess
     import sys
 
-    experiments = ROOT / "experiments"
-    sys.path.insert(0, str(experiments))
-    try:
-        spec = importlib.util.spec_from_file_location(f"shipped_{name}", experiments / "configs" / f"{name}.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod.get_config()
-    finally:
-        sys.path.remove(str(experiments))
+    outs = []
+    for salt in salts:
+        env = dict(os.environ, PYTHONHASHSEED=salt, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+        out = tmp_path / f"out{salt}{suffix}"
+        subprocess.run([sys.executable, "-c", code, str(out)], check=True, env=env, timeout=120)
+        outs.append(out)
+    return outs
+
+
+METHODS = {"JEC", "General CCA", "CCA-KNN", "DMFR&CCA", "DMFR&KCCA", "DMFR&DCCA"}
+
+
+def tiny_pipeline_config():
+    """A fresh copy of the tiny pipeline config, ``experiments/configs/test.py``."""
+    from experiments.configs import test
+
+    return test.get_config()
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(tmp_path_factory):
+    """``(workdir, results)`` of one pipeline run on the test config, shared by the pipeline and study tests."""
+    from dcca_jax import pipeline
+
+    workdir = tmp_path_factory.mktemp("pipeline")
+    return workdir, pipeline.run_pipeline(tiny_pipeline_config(), workdir)
+
+
+def shipped_config(name: str):
+    """A fresh ``experiments/configs/<name>.py`` ``get_config()``."""
+    import importlib
+
+    return importlib.import_module(f"experiments.configs.{name}").get_config()
 
 
 @pytest.fixture(scope="module")

@@ -173,6 +173,21 @@ def test_two_processes_equal_one_process(tmp_path, single_device_reference):
     # Each process extracted features of its own 20 images.
     want = np.asarray(W.conv_net(W.conv_params(), jnp.asarray(W.images(40))))
     np.testing.assert_allclose(np.concatenate([parts[0]["feats"], parts[1]["feats"]]), want, atol=1e-12)
+    # The data-parallel fit returned the same DeepCCA on both processes; its final CCA (Eq. 8) is the CCA of the
+    # kept towers' outputs on both processes' training rows, its best held-out correlation that of both
+    # processes' held-out rows (each process held out the same seeded rows of its half).
+    from dcca_jax.models.base import load_model
+    from dcca_jax.training import validation_split
+
+    np.testing.assert_array_equal(parts[0]["fit_correlations"], parts[1]["fit_correlations"])
+    model = load_model(f"{out}.0.model")
+    fit, val = validation_split(48, n_val=12, seed=0)
+    fit, val = np.concatenate([fit, fit + 48]), np.concatenate([val, val + 48])
+    h_v, h_s = (np.asarray(h) for h in model.tower_outputs(x_v[fit], x_s[fit]))
+    np.testing.assert_allclose(parts[0]["fit_correlations"], _numpy_cca_correlations(h_v, h_s), rtol=1e-10)
+    h_v, h_s = (np.asarray(h) for h in model.tower_outputs(x_v[val], x_s[val]))
+    best = int(np.argmax(parts[0]["val_corr"]))
+    assert np.sum(_numpy_cca_correlations(h_v, h_s)) == pytest.approx(parts[0]["val_corr"][best], rel=1e-10)
 
 
 # ------------------------------------------------------------------------------- in-process checks
@@ -211,24 +226,14 @@ def test_process_slice_tiles_rows():
         dist.process_slice(10, process_index=4, process_count=4)
 
 
-def test_initialize_distributed_from_environment(monkeypatch):
-    for names in dist._ENV.values():
-        for v in names:
-            monkeypatch.delenv(v, raising=False)
-    for v in (*dist._AUTODETECT_ENV, "DCCA_DISTRIBUTED"):
-        monkeypatch.delenv(v, raising=False)
+def test_initialize_distributed_arguments():
+    # A single process unless told otherwise (the environment is the main's business, test_cli_common.py).
     assert dist.initialize_distributed(cpu_collectives=None) is False
     assert dist.initialize_distributed(num_processes=1, cpu_collectives=None) is False
-    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "localhost:1234")
     with pytest.raises(ValueError, match="num_processes=None, process_id=None"):
-        dist.initialize_distributed(cpu_collectives=None)
-    monkeypatch.setenv("JAX_NUM_PROCESSES", "two")
-    with pytest.raises(ValueError, match="JAX_NUM_PROCESSES='two'"):
-        dist.initialize_distributed(cpu_collectives=None)
-    monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
-    monkeypatch.setenv("DCCA_PROCESS_ID", "2")
+        dist.initialize_distributed("localhost:1234", cpu_collectives=None)
     with pytest.raises(ValueError, match=r"process_id=2 must be in \[0, num_processes=2\)"):
-        dist.initialize_distributed(cpu_collectives=None)
+        dist.initialize_distributed("localhost:1234", 2, 2, cpu_collectives=None)
 
 
 def test_allreduce_stats_single_process_is_identity():
@@ -283,28 +288,28 @@ def test_fit_dcca_data_parallel_starts_at_cca_and_improves(tmp_path):
     x_v, x_s = W.data()
     x_v = np.concatenate([x_v, x_v * 0.5 + 0.1], axis=0)  # 192 rows: two global batches of 96
     x_s = np.concatenate([x_s, x_s], axis=0)
-    cfg = dcca.default_dcca_config()
+    cfg = dcca.dcca_config()
     cfg.towers.update(visual_hidden=(8,), semantic_hidden=(8,), out_dim=3, residual_cca=True, cca_init_ridge=1e-3)
-    cfg.update(batch_size=96, epochs=0, learning_rate=1e-2, dtype="float64")
+    cfg.update(batch_size=96, epochs=0, learning_rate=1e-2, dtype="float64", validation_fraction=0.0)
     mesh = dist.make_mesh()
-    state0, hist0 = dist.fit_dcca_data_parallel(x_v, x_s, cfg, mesh)
-    assert hist0 == []
+    model0 = dist.fit_dcca_data_parallel(x_v, x_s, cfg, mesh)
+    assert model0.history == []
     # Residual towers start exactly at the linear CCA fitted from streamed statistics (Eq. 8).
     from dcca_jax.models.towers import make_tower
 
     tv = make_tower(hidden=(8,), out_dim=3, residual_cca=True, param_dtype=jnp.float64)
     ts = make_tower(hidden=(8,), out_dim=3, residual_cca=True, param_dtype=jnp.float64)
-    h_v = tv.apply({"params": state0.params["visual"]}, jnp.asarray(x_v))
-    h_s = ts.apply({"params": state0.params["semantic"]}, jnp.asarray(x_s))
+    h_v = tv.apply({"params": model0.params["visual"]}, jnp.asarray(x_v))
+    h_s = ts.apply({"params": model0.params["semantic"]}, jnp.asarray(x_s))
     lin = fit_linear_cca(x_v, x_s, n_components=3, ridge_v=1e-3, ridge_s=1e-3)
     np.testing.assert_allclose(np.asarray(h_v), np.asarray((x_v - lin.mean_v) @ lin.proj_v), atol=1e-10)
     cfg.epochs = 3
     metrics = tmp_path / "m.jsonl"
-    state, hist = dist.fit_dcca_data_parallel(x_v, x_s, cfg, mesh, metrics_path=metrics)
-    assert [h["epoch"] for h in hist] == [0, 1, 2] and int(state.step) == 6
+    model = dist.fit_dcca_data_parallel(x_v, x_s, cfg, mesh, metrics_path=metrics)
+    assert [h["epoch"] for h in model.history] == [0, 1, 2] and model.best_step == 6
     assert len(metrics.read_text().splitlines()) == 3
-    h_v = tv.apply({"params": state.params["visual"]}, jnp.asarray(x_v))
-    h_s = ts.apply({"params": state.params["semantic"]}, jnp.asarray(x_s))
+    h_v = tv.apply({"params": model.params["visual"]}, jnp.asarray(x_v))
+    h_s = ts.apply({"params": model.params["semantic"]}, jnp.asarray(x_s))
     before = float(np.sum(np.asarray(lin.correlations)))
     after = float(correlation_objective(h_v, h_s, ridge_v=cfg.ridge_v, ridge_s=cfg.ridge_s))
     assert after > before
@@ -314,3 +319,43 @@ def test_fit_dcca_data_parallel_starts_at_cca_and_improves(tmp_path):
     cfg.optimizer = "lbfgs"
     with pytest.raises(ValueError, match="optimizer='lbfgs'"):
         dist.fit_dcca_data_parallel(x_v, x_s, cfg, mesh)
+
+
+def _numpy_cca_correlations(h_v, h_s, ridge=1e-4):
+    o = h_v.shape[1]
+    c = np.cov(np.concatenate([h_v, h_s], axis=1).T) + ridge * np.eye(2 * o)
+    w_v, w_s = (np.linalg.inv(np.linalg.cholesky(c[i:i + o, i:i + o])) for i in (0, o))
+    return np.linalg.svd(w_v @ c[:o, o:] @ w_s.T, compute_uv=False)
+
+
+def test_fit_dcca_data_parallel_early_stops_and_ends_with_the_final_cca(tmp_path):
+    from dcca_jax.training import validation_split
+
+    x_v, x_s = W.data()
+    cfg = dcca.dcca_config()
+    cfg.towers.update(visual_hidden=(8,), semantic_hidden=(8,), out_dim=3, residual_cca=True, cca_init_ridge=1e-3)
+    cfg.update(batch_size=48, epochs=10, patience=1, learning_rate=0.1, dtype="float64")
+    # Held-out pairs whose pairing is broken: their correlation only fluctuates, so patience 1 stops early.
+    rng = np.random.default_rng(3)
+    v_v, v_s = rng.standard_normal((64, x_v.shape[1])), rng.standard_normal((64, x_s.shape[1]))
+    mesh = dist.make_mesh()
+    model = dist.fit_dcca_data_parallel(x_v, x_s, cfg, mesh, validation=(v_v, v_s), metrics_path=tmp_path / "m")
+    assert isinstance(model, dcca.DeepCCA) and model.is_fitted
+    vals = [h["val_corr"] for h in model.history]
+    best = int(np.argmax(vals))
+    # the kept parameters are those of the best held-out epoch; training stopped `patience` epochs later
+    assert model.best_step == model.history[best]["step"] and model.best_val_corr == vals[best]
+    assert len(vals) == best + 1 + cfg.patience < cfg.epochs
+    h_v, h_s = (np.asarray(h) for h in model.tower_outputs(v_v, v_s))
+    assert np.sum(_numpy_cca_correlations(h_v, h_s)) == pytest.approx(vals[best], rel=1e-8)
+    # Eq. 8: the final CCA is the linear CCA of the kept towers' outputs on the training rows
+    h_v, h_s = (np.asarray(h) for h in model.tower_outputs(x_v, x_s))
+    np.testing.assert_allclose(np.asarray(model.correlations), _numpy_cca_correlations(h_v, h_s), rtol=1e-8)
+    # without explicit validation rows, a seeded validation_fraction of the rows is held out, not trained on
+    cfg.update(epochs=1, validation_fraction=0.25)
+    split = dist.fit_dcca_data_parallel(x_v, x_s, cfg, mesh)
+    fit, val = validation_split(len(x_v), n_val=round(0.25 * len(x_v)), seed=0)
+    h_v, h_s = (np.asarray(h) for h in split.tower_outputs(x_v[fit], x_s[fit]))
+    np.testing.assert_allclose(np.asarray(split.correlations), _numpy_cca_correlations(h_v, h_s), rtol=1e-8)
+    h_v, h_s = (np.asarray(h) for h in split.tower_outputs(x_v[val], x_s[val]))
+    assert np.sum(_numpy_cca_correlations(h_v, h_s)) == pytest.approx(split.history[0]["val_corr"], rel=1e-8)

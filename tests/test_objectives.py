@@ -148,3 +148,20 @@ def test_jit_and_shapes():
 def test_bad_input(kwargs, args, match):
     with pytest.raises(ValueError, match=match):
         obj.cca_loss(*args, **kwargs)
+
+
+def test_one_whitening_default_everywhere():
+    import inspect
+
+    from dcca_jax.models.dcca import DeepCCA
+
+    fns = (obj.correlation_matrix, obj.canonical_correlations, obj.correlation_objective, obj.cca_loss)
+    defaults = {inspect.signature(f).parameters["whitening"].default for f in fns}
+    assert defaults == {obj.DEFAULT_WHITENING} == {DeepCCA.default_config().whitening} == {"cholesky"}
+    # the default T is the Cholesky-whitened cross-covariance L_v^{-1} S_vs L_s^{-T} (numpy oracle)
+    rng = np.random.default_rng(4)
+    h_v, h_s = rng.standard_normal((40, 3)), rng.standard_normal((40, 2))
+    c = np.cov(np.concatenate([h_v, h_s], axis=1).T) + 1e-4 * np.eye(5)
+    l_v, l_s = np.linalg.cholesky(c[:3, :3]), np.linalg.cholesky(c[3:, 3:])
+    want = np.linalg.solve(l_v, c[:3, 3:]) @ np.linalg.inv(l_s).T
+    np.testing.assert_allclose(np.asarray(obj.correlation_matrix(h_v, h_s)), want, rtol=1e-5, atol=1e-6)

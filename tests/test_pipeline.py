@@ -1,37 +1,20 @@
-"""The whole pipeline and its studies on the tiny test config, in a temporary directory."""
+"""The whole pipeline on the tiny test config (experiments/configs/test.py), in a temporary directory."""
 import json
-import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from tests.conftest import METHODS, tiny_pipeline_config
 
-from dcca_jax import pipeline, studies
+from dcca_jax import pipeline
 from dcca_jax.tagging import recommend
-from tests.conftest import shipped_config
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-EXPERIMENTS = ROOT / "experiments"
-METHODS = {"JEC", "General CCA", "CCA-KNN", "DMFR&CCA", "DMFR&KCCA", "DMFR&DCCA"}
-
-
-def _test_config():
-    return shipped_config("test")
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("pipeline")
-    return workdir, pipeline.run_pipeline(_test_config(), workdir)
 
 
 def _table2_values(table2):
     return {m: r["metrics"] for m, r in table2.items()}
 
 
-def test_outputs_parse_and_hold_sane_values(run):
-    workdir, results = run
+def test_outputs_parse_and_hold_sane_values(pipeline_run):
+    workdir, results = pipeline_run
     on_disk = json.loads((workdir / "results.json").read_text())
     assert on_disk["table2_recommendation"].keys() == METHODS
     assert set(on_disk["table1_correlation"]) == {"DMFR&CCA", "DMFR&KCCA", "DMFR&DCCA"}
@@ -55,17 +38,17 @@ def test_outputs_parse_and_hold_sane_values(run):
         assert (workdir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_rerun_skips_every_stage(run):
-    workdir, results = run
-    p = pipeline.Pipeline(_test_config(), workdir)
+def test_rerun_skips_every_stage(pipeline_run):
+    workdir, results = pipeline_run
+    p = pipeline.Pipeline(tiny_pipeline_config(), workdir)
     again = p.run()
     assert p.timings == {}  # nothing recomputed
     assert _table2_values(again["table2_recommendation"]) == _table2_values(results["table2_recommendation"])
 
 
-def test_changed_input_redoes_downstream_only(run, tmp_path):
-    workdir, _ = run
-    cfg = _test_config()
+def test_changed_input_redoes_downstream_only(pipeline_run, tmp_path):
+    workdir, _ = pipeline_run
+    cfg = tiny_pipeline_config()
     cfg.dcca.epochs = 2
     p = pipeline.Pipeline(cfg, workdir)
     p.stage_model("dcca")
@@ -73,9 +56,9 @@ def test_changed_input_redoes_downstream_only(run, tmp_path):
     assert set(p.timings) == {"model_dcca"}
 
 
-def test_killed_pipeline_resumes_to_the_same_results(run, tmp_path):
-    _, uninterrupted = run
-    cfg = _test_config()
+def test_killed_pipeline_resumes_to_the_same_results(pipeline_run, tmp_path):
+    _, uninterrupted = pipeline_run
+    cfg = tiny_pipeline_config()
     with pytest.raises(KeyboardInterrupt):
         pipeline.Pipeline(cfg, tmp_path, fail_after="model_kcca").run()
     assert not (tmp_path / "results.json").exists()
@@ -86,48 +69,9 @@ def test_killed_pipeline_resumes_to_the_same_results(run, tmp_path):
     assert results["table1_correlation"]["DMFR&DCCA"]["ccs"] == uninterrupted["table1_correlation"]["DMFR&DCCA"]["ccs"]
 
 
-def test_studies_write_their_outputs(run):
-    workdir, results = run
-    cfg = _test_config()
-    t1 = studies.correlation_study(cfg, workdir)
-    assert t1["table1_correlation"].keys() == results["table1_correlation"].keys()
-    t2 = studies.recommendation_study(cfg, workdir)
-    assert t2["table2_recommendation"].keys() == METHODS
-    sweep = studies.dimension_sweep(cfg, workdir, dims=(2, 4, 10_000), models=("cca",))
-    assert sorted(sweep["af"]["DMFR&CCA"]) == ["2", "4"] and sweep["skipped"][0]["dim"] == 10_000
-    assert sweep["af"]["DMFR&CCA"]["4"] == pytest.approx(results["table2_recommendation"]["DMFR&CCA"]["metrics"]["per_image/AF"])
-    gal = studies.examples_gallery(cfg, workdir, model="cca", n_images=4)
-    fs = [it["f"] for it in gal["items"]]
-    assert fs == sorted(fs) and all(0 <= f <= 1 for f in fs)
-    assert pathlib.Path(gal["png"]).read_bytes()[:4] == b"\x89PNG" and "color:red" in pathlib.Path(gal["html"]).read_text()
-    bench = studies.benchmark_models(cfg, workdir, models=("cca",), repeats=1)
-    assert bench["rows"][0]["model"] == "DMFR&CCA" and bench["rows"][0]["fit_seconds"] >= 0
-    for name in ("table1", "table2", "sweep_dims", "benchmark_models"):
-        assert json.loads((workdir / f"{name}.json").read_text())["versions"]["jax"]
-
-
-@pytest.mark.parametrize(
-    "args, expect",
-    [
-        (["--bogus=1"], "Unknown command line flag 'bogus'"),
-        (["--config.nope=1"], "bad flag value"),
-        (["--config.data.kind=corel5k", "--config.data.root=/does/not/exist"], "does not exist"),
-    ],
-)
-def test_cli_errors_are_one_line(args, expect, tmp_path):
-    proc = subprocess.run(
-        [sys.executable, str(EXPERIMENTS / "pipeline.py"), f"--config={EXPERIMENTS / 'configs' / 'test.py'}",
-         f"--workdir={tmp_path}", *args],
-        capture_output=True, text=True, timeout=120, cwd=ROOT, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)},
-    )
-    assert proc.returncode != 0
-    assert expect in proc.stderr
-    assert "Traceback" not in proc.stderr
-
-
-def test_prior_fill_is_counted_and_only_fills_places_without_evidence(run):
-    workdir, results = run
-    pipe = pipeline.Pipeline(_test_config(), workdir)
+def test_prior_fill_is_counted_and_only_fills_places_without_evidence(pipeline_run):
+    workdir, results = pipeline_run
+    pipe = pipeline.Pipeline(tiny_pipeline_config(), workdir)
     views = pipe.views()
     n = int(pipe.config.recommend.n_tags)
     titles = {**pipeline.BASELINE_TITLES, **pipeline.MODEL_TITLES}

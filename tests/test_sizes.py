@@ -31,7 +31,7 @@ def test_data_shape_counts_by_hand():
 
 
 def test_auto_sizes_follow_the_rules_by_hand():
-    res = sizes.resolve(pipeline.default_config(), _shape())
+    res = sizes.resolve(pipeline.pipeline_config(), _shape())
     assert res.ok, res.problems
     v = res.values
     # d = 6, n_fit = 9, n_val = 3, n_train = 12, V = 6, W = 3, targets of targets_config().
@@ -51,7 +51,7 @@ def test_auto_sizes_follow_the_rules_by_hand():
     assert v["cca_knn.n_components"] == 6  # min(100, V = 6, pca 6, word2vec 100)
     # Every used size is reported with its limit; "auto" is gone from the resolved config only.
     assert set(res.auto) == set(v) - {"recommend.n_tags"}
-    assert res.config.cca.n_components == 2 and pipeline.default_config().cca.n_components == "auto"
+    assert res.config.cca.n_components == 2 and pipeline.pipeline_config().cca.n_components == "auto"
     d = res.to_dict()
     assert d["resolved"]["cca.n_components"] == {"value": 2, "auto": True, "min": 1, "max": 2,
                                                  "limit": "min(d_v = 6, d_s = 2)"}
@@ -62,7 +62,7 @@ def test_targets_and_limits_of_a_larger_split():
     labels = (rng.random((3000, 50)) < 0.1).astype(np.uint8)
     shape = sizes.DataShape.from_labels(labels, fit_rows=np.arange(2500), val_rows=np.arange(2500, 3000), n_test=9,
                                         visual_dim=1280)
-    cfg = pipeline.default_config()
+    cfg = pipeline.pipeline_config()
     cfg.kcca.solver = "nystrom"
     cfg.recommend.n_tags = "auto"
     res = sizes.resolve(cfg, shape)
@@ -80,7 +80,7 @@ def test_n_tags_auto_is_the_rounded_mean_and_few_tags_warn():
     single = np.eye(6, dtype=np.uint8)[np.arange(30) % 6]
     shape = sizes.DataShape.from_labels(single, fit_rows=np.arange(24), val_rows=np.arange(24, 30), n_test=3,
                                         visual_dim=10)
-    cfg = pipeline.default_config()
+    cfg = pipeline.pipeline_config()
     res = sizes.resolve(cfg, shape)
     assert res.values["recommend.n_tags"] == 5 and len(res.warnings) == 1
     assert "1.00 tags on average" in res.warnings[0] and "n_tags=auto" in res.warnings[0]
@@ -91,7 +91,7 @@ def test_n_tags_auto_is_the_rounded_mean_and_few_tags_warn():
 
 
 def test_every_impossible_explicit_size_in_one_error():
-    cfg = pipeline.default_config()
+    cfg = pipeline.pipeline_config()
     cfg.visual.autoencoder.code_dim = 300  # d = 6
     cfg.semantic.n_clusters = 100  # W = 3
     cfg.cca.n_components = 50
@@ -123,7 +123,7 @@ def test_every_impossible_explicit_size_in_one_error():
 
 
 def test_explicit_sizes_that_fit_are_kept_and_strings_parse():
-    cfg = pipeline.default_config()
+    cfg = pipeline.pipeline_config()
     cfg.cca.n_components = "2"  # what a str field would get from the command line
     cfg.semantic.n_clusters = 3  # = W: allowed explicitly (the plain bag of words), never chosen by auto
     cfg.dcca.batch_size = 0  # full batch
@@ -135,7 +135,7 @@ def test_explicit_sizes_that_fit_are_kept_and_strings_parse():
 
 
 def test_auto_with_no_valid_value_is_a_problem():
-    cfg = pipeline.default_config()
+    cfg = pipeline.pipeline_config()
     shape = sizes.DataShape.from_labels(LABELS, fit_rows=np.arange(11), val_rows=[11], n_test=5, visual_dim=6)
     res = sizes.resolve(cfg, shape)
     assert [str(p) for p in res.problems] == [
@@ -143,7 +143,7 @@ def test_auto_with_no_valid_value_is_a_problem():
 
 
 def test_size_fields_parse_ints_and_auto():
-    c = pipeline.default_config()
+    c = pipeline.pipeline_config()
     c.cca.n_components = 7
     assert c.cca.n_components == 7
     c.cca.n_components = "auto"

@@ -13,7 +13,8 @@ transferred from the neighbours by :func:`dcca_jax.tagging.recommend.transfer_sc
 default; any transfer method of :mod:`dcca_jax.tagging.recommend` applies).
 
 The word vectors come from the caller (the project's skip-gram module, or pretrained vectors);
-:func:`train_tag_word2vec` trains gensim's skip-gram on the training images' tag lists when none are given.
+:func:`train_tag_word2vec` trains them with the project's skip-gram (:func:`dcca_jax.semantic.skipgram.word2vec`)
+on the training images' tag lists when none are given.
 
 References:
   Murthy, Maji, Manmatha. Automatic image annotation using deep learning representations. ICMR 2015.
@@ -32,6 +33,7 @@ from jax.typing import ArrayLike
 
 from dcca_jax.tagging import recommend
 from dcca_jax.baselines import general_cca
+from dcca_jax.semantic import skipgram
 
 
 def mean_tag_vectors(labels: ArrayLike, word_vectors: ArrayLike) -> np.ndarray:
@@ -57,8 +59,9 @@ def train_tag_word2vec(labels: ArrayLike, words: Sequence[str], *, dim: int = 10
     """Skip-gram word vectors (gensim ``Word2Vec``, sg=1) trained on each training image's tag list.
 
     Each image is one sentence (its tags in vocabulary order); with at most 5 tags per Corel5k image a window of
-    5 sees the whole sentence.  Frequent words are not down-sampled (``sample=0``).  Single worker, so runs are reproducible for a given seed.  Words absent from
-    the training tags get a zero vector.
+    5 sees the whole sentence.  Frequent words are not down-sampled (``sample=0``).  Trained by
+    :func:`dcca_jax.semantic.skipgram.word2vec` (single worker, stable hash), so the vectors are the same in every
+    process for a given seed.  Words absent from the training tags get a zero vector.
 
     Args:
       labels: (n, V) 0/1 training tags.
@@ -74,8 +77,6 @@ def train_tag_word2vec(labels: ArrayLike, words: Sequence[str], *, dim: int = 10
     """
     import logging as py_logging
 
-    from gensim.models import Word2Vec  # heavy import, needed only here
-
     py_logging.getLogger("gensim").setLevel(py_logging.WARNING)  # one INFO line per epoch otherwise
 
     y = np.asarray(labels) > 0
@@ -83,8 +84,8 @@ def train_tag_word2vec(labels: ArrayLike, words: Sequence[str], *, dim: int = 10
         raise ValueError(f"labels {y.shape} has {y.shape[1]} columns but {len(words)} words were given")
     sentences = [[words[w] for w in np.flatnonzero(row)] for row in y if row.any()]
     # sample=0: no down-sampling of frequent words, which on a tag corpus would drop most "sky" and "water"
-    model = Word2Vec(sentences, vector_size=dim, window=window, sg=1, min_count=1, negative=negative,
-                     sample=0, epochs=epochs, seed=seed, workers=1)
+    model = skipgram.word2vec(sentences, vector_size=dim, window=window, min_count=1, negative=negative, sample=0.0,
+                              epochs=epochs, seed=seed, workers=1)
     out = np.zeros((len(words), dim), np.float32)
     for i, w in enumerate(words):
         if w in model.wv:

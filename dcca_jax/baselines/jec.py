@@ -47,6 +47,8 @@ from absl import logging
 from jax.typing import ArrayLike
 from PIL import Image
 
+from dcca_jax._io import atomic_save_npz
+
 FEATURES = ("rgb", "hsv", "lab", "haar", "haarq", "gabor", "gaborq")
 KL_FEATURES = ("lab",)
 _BINS = 16
@@ -252,10 +254,7 @@ def compute_jec_features(paths: Sequence[str | os.PathLike], *, cache_path: str 
     out = {f: [r[f] for r in rows] for f in FEATURES}
     feats = {f: np.stack(v) for f, v in out.items()}
     if cache_path is not None:
-        pathlib.Path(cache_path).parent.mkdir(parents=True, exist_ok=True)
-        tmp = pathlib.Path(str(cache_path) + ".tmp.npz")
-        np.savez(tmp, paths_sha256=key, **feats)
-        os.replace(tmp, cache_path)
+        atomic_save_npz(cache_path, paths_sha256=key, **feats)
     return feats
 
 

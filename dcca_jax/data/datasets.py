@@ -68,6 +68,8 @@ from typing import Any
 
 import numpy as np
 
+from dcca_jax.training import validation_split
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "Split",
@@ -205,13 +207,7 @@ def train_validation_split(split: Split, *, fraction: float, seed: int) -> tuple
     Returns:
       (train part, validation part), each keeping the original row order.
     """
-    n = len(split)
-    n_val = int(round(fraction * n))
-    if not 0 < n_val < n:
-        raise ValueError(f"fraction={fraction} of {n} rows leaves an empty part; use 0 < fraction < 1 and more rows.")
-    perm = np.random.default_rng(seed).permutation(n)
-    val = np.sort(perm[:n_val])
-    tr = np.sort(perm[n_val:])
+    tr, val = validation_split(len(split), n_val=int(round(fraction * len(split))), seed=seed)
     return split.subset(tr, name=split.name), split.subset(val, name="val")
 
 

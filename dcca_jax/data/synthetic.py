@@ -18,7 +18,7 @@ shape in a colour with a surface texture. Its tags come from the content:
   indoor are bright) with one property: busy (XOR at least 3 objects), bold (XOR the largest object is
   large), warm (XOR the largest object is red, orange or yellow), patterned (XOR the largest object is
   textured). A linear read-out cannot represent an XOR of two features; these words are there so that a
-  nonlinear correlation model has something to win (experiments/bench_synthetic.py measures how much).
+  nonlinear correlation model has something to win (experiments/bench/synthetic.py measures how much).
 
 44 words in all (:data:`VOCABULARY`). Scenes favour a typical object (the sky often has a yellow circle,
 grass a star, ...: ``prototype_rate``), as real photo collections do, which keeps the concept words
@@ -50,12 +50,13 @@ import json
 import os
 import pathlib
 import shutil
-import tempfile
 from collections.abc import Sequence
 
 import ml_collections
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from dcca_jax._io import atomic_write_text
 
 __all__ = [
     "correlated_views",
@@ -68,7 +69,7 @@ __all__ = [
     "COUNT_WORDS",
     "XOR_WORDS",
     "VOCABULARY",
-    "default_config",
+    "synthetic_config",
     "SceneObject",
     "Scene",
     "sample_scene",
@@ -109,7 +110,7 @@ _PROTOTYPES = {  # scene -> (shape or None, colour or None, texture or None)
 _CONFUSABLE = {"red": "orange", "orange": "red", "blue": "purple", "purple": "blue", "white": "yellow", "yellow": "white"}
 
 
-def default_config() -> ml_collections.ConfigDict:
+def synthetic_config() -> ml_collections.ConfigDict:
     """Generator settings: n_images, image_size, seed, test_fraction, min_objects, max_objects,
     prototype_rate, missing_rate, confusion_rate, noise_rate, large_fraction (an object whose radius exceeds
     this fraction of the image size is "large")."""
@@ -340,14 +341,6 @@ def render_scene(scene: Scene, *, size: int, rng: np.random.Generator) -> Image.
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
 
 
-def _write_atomic(path: pathlib.Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600; a dataset is meant to be shared
-    os.replace(tmp, path)
-
-
 def generate(out_dir: str | os.PathLike, *, config: ml_collections.ConfigDict | None = None) -> pathlib.Path:
     """Write the synthetic dataset to ``out_dir`` (layout in the module docstring).
 
@@ -356,12 +349,12 @@ def generate(out_dir: str | os.PathLike, *, config: ml_collections.ConfigDict | 
 
     Args:
       out_dir: destination folder (created).
-      config: see :func:`default_config`.
+      config: see :func:`synthetic_config`.
 
     Returns:
       The folder, ready for :func:`dcca_jax.data.datasets.load_image_folder`.
     """
-    cfg = default_config()
+    cfg = synthetic_config()
     if config is not None:
         cfg.update(config)
     if cfg.n_images < 2 or not 0 < cfg.test_fraction < 1:
@@ -395,12 +388,12 @@ def generate(out_dir: str | os.PathLike, *, config: ml_collections.ConfigDict | 
     perm = np.random.default_rng([cfg.seed, 2**31 - 1]).permutation(cfg.n_images)
     n_test = max(1, int(round(cfg.test_fraction * cfg.n_images)))
     test = set(perm[:n_test].tolist())
-    _write_atomic(out / "vocabulary.txt", "".join(w + "\n" for w in VOCABULARY))
-    _write_atomic(out / "scenes.jsonl", "".join(s + "\n" for s in scenes))
-    _write_atomic(out / "train_list.txt", "".join(n + "\n" for i, n in enumerate(names) if i not in test))
-    _write_atomic(out / "test_list.txt", "".join(n + "\n" for i, n in enumerate(names) if i in test))
-    _write_atomic(out / "truth.tsv", "".join(f"{n}\t{' '.join(t)}\n" for n, t in zip(names, clean)))
-    _write_atomic(out / "tags.tsv", "".join(f"{n}\t{' '.join(t)}\n" for n, t in zip(names, noisy)))
+    atomic_write_text(out / "vocabulary.txt", "".join(w + "\n" for w in VOCABULARY))
+    atomic_write_text(out / "scenes.jsonl", "".join(s + "\n" for s in scenes))
+    atomic_write_text(out / "train_list.txt", "".join(n + "\n" for i, n in enumerate(names) if i not in test))
+    atomic_write_text(out / "test_list.txt", "".join(n + "\n" for i, n in enumerate(names) if i in test))
+    atomic_write_text(out / "truth.tsv", "".join(f"{n}\t{' '.join(t)}\n" for n, t in zip(names, clean)))
+    atomic_write_text(out / "tags.tsv", "".join(f"{n}\t{' '.join(t)}\n" for n, t in zip(names, noisy)))
     return out
 
 # Paired numeric views with a known correlation structure (demos, tests and benchmarks of the models).
@@ -435,3 +428,4 @@ def correlated_views(
     x_v = z @ a + noise * rng.standard_normal((n, d_v))
     x_s = g @ b + noise * rng.standard_normal((n, d_s))
     return x_v.astype(dtype), x_s.astype(dtype)
+

@@ -10,7 +10,6 @@ import abc
 import json
 import os
 import pathlib
-import tempfile
 from typing import Any, ClassVar
 
 import jax
@@ -20,6 +19,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from dcca_jax.linalg import as_float_array, check_views
+from dcca_jax._io import atomic_save_npz, atomic_write_text
 
 __all__ = [
     "CorrelationModel",
@@ -75,18 +75,6 @@ def correlation_score_curve(z_v: ArrayLike, z_s: ArrayLike) -> jax.Array:
       ``(k,)`` running sums; entry ``k-1`` is the top-``k`` score.
     """
     return jnp.cumsum(paired_correlations(z_v, z_s))
-
-
-def _atomic_write_bytes(path: pathlib.Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class CorrelationModel(abc.ABC):
@@ -191,13 +179,9 @@ class CorrelationModel(abc.ABC):
             "dims": list(self._dims),
             "config": json.loads(self.config.to_json()),
         }
-        import io
-
-        buf = io.BytesIO()
-        np.savez(buf, **{k: np.asarray(v) for k, v in self._state().items()})
-        _atomic_write_bytes(path / "arrays.npz", buf.getvalue())
+        atomic_save_npz(path / "arrays.npz", **{k: np.asarray(v) for k, v in self._state().items()})
         self._save_extra(path)
-        _atomic_write_bytes(path / "config.json", json.dumps(meta, indent=2).encode())
+        atomic_write_text(path / "config.json", json.dumps(meta, indent=2))
         return path
 
     @classmethod

@@ -17,9 +17,11 @@ __all__ = [
     "CCAParams",
     "fit_linear_cca",
     "cca_from_covariances",
+    "check_components",
     "project",
     "paired_correlations",
     "correlation_score_curve",
+    "cca_config",
     "LinearCCA",
 ]
 
@@ -90,7 +92,8 @@ def _fit(x_v, x_s, ridge_v, ridge_s, *, n_components):
     return CCAParams(mean_v=mean_v, mean_s=mean_s, proj_v=p, proj_s=q, correlations=rho)
 
 
-def _check_components(n_components: int, d_v: int, d_s: int, shapes) -> None:
+def check_components(n_components: int, d_v: int, d_s: int, shapes) -> None:
+    """ValueError naming both view shapes unless ``1 <= n_components <= min(d_v, d_s)`` (an integer)."""
     if not isinstance(n_components, (int, np.integer)) or not 1 <= n_components <= min(d_v, d_s):
         raise ValueError(
             f"n_components={n_components!r} must be an integer between 1 and min(d_v, d_s)={min(d_v, d_s)} "
@@ -127,7 +130,7 @@ def fit_linear_cca(
         zero ridge.
     """
     a, b = check_views(x_v, x_s)
-    _check_components(n_components, a.shape[1], b.shape[1], (a.shape, b.shape))
+    check_components(n_components, a.shape[1], b.shape[1], (a.shape, b.shape))
     if ridge_v < 0 or ridge_s < 0:
         raise ValueError(f"ridges must be >= 0; got ridge_v={ridge_v}, ridge_s={ridge_s}.")
     params = _fit(a, b, jnp.asarray(ridge_v, a.dtype), jnp.asarray(ridge_s, a.dtype), n_components=int(n_components))
@@ -158,6 +161,11 @@ def project(params: CCAParams, x_v: ArrayLike | None = None, x_s: ArrayLike | No
     return z_v, z_s
 
 
+def cca_config() -> ml_collections.ConfigDict:
+    """Hyperparameters of :class:`LinearCCA` with their defaults (see the class docstring)."""
+    return ml_collections.ConfigDict({"n_components": 10, "ridge_v": 0.0, "ridge_s": 0.0})
+
+
 @register_model
 class LinearCCA(CorrelationModel):
     """Linear CCA with the common model API (``fit``/``transform``/``score``/``save``/``load``).
@@ -170,7 +178,7 @@ class LinearCCA(CorrelationModel):
 
     @classmethod
     def default_config(cls) -> ml_collections.ConfigDict:
-        return ml_collections.ConfigDict({"n_components": 10, "ridge_v": 0.0, "ridge_s": 0.0})
+        return cca_config()
 
     def _fit(self, x_v, x_s, **kwargs):
         if kwargs:

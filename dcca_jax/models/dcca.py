@@ -19,10 +19,7 @@ References:
 from __future__ import annotations
 
 import functools
-import copy
 import json
-import math
-import os
 import pathlib
 import time
 from typing import Any, Callable
@@ -37,11 +34,14 @@ import optax
 from absl import logging
 from flax.training import train_state
 
+from dcca_jax._io import atomic_write_text
 from dcca_jax.models.base import CorrelationModel, register_model
 from dcca_jax.blas import limit_blas_threads
 from dcca_jax.models.cca import CCAParams, fit_linear_cca, project
-from dcca_jax.objectives import OBJECTIVES, WHITENINGS, canonical_correlations, cca_loss
+from dcca_jax.objectives import DEFAULT_WHITENING, OBJECTIVES, WHITENINGS, canonical_correlations, cca_loss
 from dcca_jax.models.towers import init_from_cca, make_tower
+from dcca_jax.training import (METRICS_FILE, Checkpoints, EarlyStopping, MetricsWriter, NonFiniteLossError,
+                               check_finite, fingerprint, validation_split)
 
 __all__ = [
     "DeepCCA",
@@ -50,7 +50,7 @@ __all__ = [
     "make_optimizer",
     "make_train_step",
     "make_train_chunk",
-    "default_dcca_config",
+    "dcca_config",
 ]
 
 OPTIMIZERS = ("adam", "lbfgs")
@@ -58,16 +58,13 @@ DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
 # The towers' matrix-product dtype (``compute_dtype``): bf16 is mixed precision with float32 parameters,
 # covariances and objective.
 COMPUTE_DTYPES = {"float32": jnp.float32, "float64": jnp.float64, "bfloat16": jnp.bfloat16}
-METRICS_FILE = "metrics.jsonl"
-CHECKPOINT_DIR = "checkpoints"
 # Config fields that may change between a run and its resumption (they do not change the trajectory
 # up to the resumed step); every other field must match the checkpoint's.
 _RESUMABLE_FIELDS = ("epochs", "patience", "checkpoint_every", "keep_checkpoints", "log_every", "eval_chunk",
                      "blas_threads")
-
-
-class NonFiniteLossError(FloatingPointError):
-    """Raised when the DCCA loss becomes NaN or infinite during training."""
+# Fields added after checkpoints were first written: left out of the fingerprint while None (their default),
+# so older work directories still resume.
+_OPTIONAL_FIELDS = ("compute_dtype",)
 
 
 class DCCATrainState(train_state.TrainState):
@@ -76,7 +73,7 @@ class DCCATrainState(train_state.TrainState):
     batch_stats: Any = None
 
 
-def default_dcca_config() -> ml_collections.ConfigDict:
+def dcca_config() -> ml_collections.ConfigDict:
     """Hyperparameters of :class:`DeepCCA` with their defaults (see the class docstring)."""
     placeholder = ml_collections.config_dict.placeholder
     c = ml_collections.ConfigDict()
@@ -96,7 +93,7 @@ def default_dcca_config() -> ml_collections.ConfigDict:
     c.k = placeholder(int)
     c.ridge_v = 1e-4
     c.ridge_s = 1e-4
-    c.whitening = "cholesky"
+    c.whitening = DEFAULT_WHITENING
     c.n_components = placeholder(int)
     c.final_cca_ridge = placeholder(float)
     c.optimizer = "adam"
@@ -194,7 +191,7 @@ def make_train_step(tower_v: nn.Module, tower_s: nn.Module, config: ml_collectio
 
     Args:
       tower_v, tower_s: the two :mod:`dcca_jax.models.towers` modules.
-      config: a :meth:`DeepCCA.default_config`-style config.
+      config: a :func:`dcca_config`-style config.
 
     Returns:
       A jitted function. ``batch`` is ``(x_v (b, d_v), x_s (b, d_s))``; ``rng`` a PRNG key (dropout).
@@ -339,33 +336,13 @@ def _unflatten(arrays: dict[str, np.ndarray], prefix: str) -> dict:
     return flax.traverse_util.unflatten_dict(sub, sep="/") if sub else {}
 
 
-class _MetricsWriter:
-    """absl logging plus one JSON object per line in ``workdir/metrics.jsonl`` (no file without workdir)."""
-
-    def __init__(self, workdir: pathlib.Path | None, resume_step: int | None):
-        self.path = None if workdir is None else workdir / METRICS_FILE
-        self.history: list[dict] = []
-        if self.path is not None and self.path.exists():
-            kept = []
-            for line in self.path.read_text().splitlines():
-                if not line.strip():
-                    continue
-                rec = json.loads(line)
-                # Drop what an interrupted run logged after its last checkpoint: it is about to be redone.
-                if resume_step is not None and rec.get("step", 0) <= resume_step:
-                    kept.append(rec)
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-            self.history = [r for r in kept if r.get("kind") == "epoch"]
-
-    def write(self, record: dict, *, log: bool = True) -> None:
-        record = {k: (float(v) if isinstance(v, (np.floating, jax.Array, np.ndarray)) else v) for k, v in record.items()}
-        if record.get("kind") == "epoch":
-            self.history.append(record)
-        if log:
-            logging.info("dcca %s", " ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-        if self.path is not None:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+def _checkpoint_tree(state: DCCATrainState, best) -> dict:
+    """The checkpointed pytree: the train state and the best-so-far parameters (the layout of existing workdirs)."""
+    return {
+        "state": {"params": state.params, "opt_state": state.opt_state, "step": state.step,
+                  "batch_stats": state.batch_stats},
+        "best": {"params": best[0], "batch_stats": best[1]},
+    }
 
 
 @register_model
@@ -376,7 +353,7 @@ class DeepCCA(CorrelationModel):
     parameters with the best held-out correlation (early stopping), then fits linear CCA on the
     towers' training outputs (Eq. 8). ``transform`` maps new data through the towers and ``P``/``Q``.
 
-    Config (``DeepCCA.default_config()``):
+    Config (:func:`dcca_config`):
 
     - ``towers``: ``visual_hidden``, ``semantic_hidden`` (hidden widths), ``out_dim`` (``o``),
       ``activation`` (``sigmoid`` as in the paper, ``tanh``, ``relu``, ``gelu``), ``batch_norm``,
@@ -420,7 +397,7 @@ class DeepCCA(CorrelationModel):
 
     @classmethod
     def default_config(cls) -> ml_collections.ConfigDict:
-        return default_dcca_config()
+        return dcca_config()
 
     # ------------------------------------------------------------------ construction
     def _towers(self):
@@ -455,8 +432,9 @@ class DeepCCA(CorrelationModel):
     def _forward(self):
         return _compiled_forward(_step_key(self.config))
 
-    def _outputs(self, params, stats, x, which: int) -> jax.Array:
-        """Tower outputs in chunks of ``eval_chunk`` rows (bounded memory for large n)."""
+    def apply_towers(self, params, stats, x, which: int) -> jax.Array:
+        """One tower's outputs ``(n, o)`` for ``x`` under ``params`` (``which``: 0 visual, 1 semantic), in chunks of
+        ``eval_chunk`` rows (bounded memory for large n); evaluation mode (no dropout, running BN statistics)."""
         key = ("visual", "semantic")[which]
         fwd = self._forward[which]
         st = stats.get(key, {}) if stats else {}
@@ -468,15 +446,19 @@ class DeepCCA(CorrelationModel):
     def tower_outputs(self, x_v=None, x_s=None):
         """The towers' raw outputs ``(h_v (n, o) or None, h_s (n, o) or None)`` (before ``P``/``Q``)."""
         self._check_fitted()
-        h_v = None if x_v is None else self._outputs(self.params, self.batch_stats, self._validate_view(x_v, 0, "x_v"), 0)
-        h_s = None if x_s is None else self._outputs(self.params, self.batch_stats, self._validate_view(x_s, 1, "x_s"), 1)
+        h_v = None if x_v is None else self.apply_towers(self.params, self.batch_stats, self._validate_view(x_v, 0, "x_v"), 0)
+        h_s = None if x_s is None else self.apply_towers(self.params, self.batch_stats, self._validate_view(x_s, 1, "x_s"), 1)
         return h_v, h_s
 
-    def _held_out_corr(self, params, stats, val) -> float:
+    def total_correlation(self, h_v, h_s) -> float:
+        """The early-stopping metric: the sum of the top ``n_components`` canonical correlations (Eq. 5, the loss
+        ridges) of tower outputs ``h_v, h_s`` ``(n, o)``."""
         c = self.config
-        h_v = self._outputs(params, stats, val[0], 0)
-        h_s = self._outputs(params, stats, val[1], 1)
         return float(_total_correlation(h_v, h_s, c.ridge_v, c.ridge_s, n_components=self.n_components))
+
+    def _held_out_corr(self, params, stats, val) -> float:
+        return self.total_correlation(self.apply_towers(params, stats, val[0], 0),
+                                      self.apply_towers(params, stats, val[1], 1))
 
     # ------------------------------------------------------------------ training
     def _split(self, x_v, x_s, validation):
@@ -495,8 +477,7 @@ class DeepCCA(CorrelationModel):
         n_val = int(round(float(c.validation_fraction) * x_v.shape[0]))
         if n_val == 0:
             return x_v, x_s, None
-        perm = np.random.default_rng(int(c.seed)).permutation(x_v.shape[0])
-        tr, va = np.sort(perm[n_val:]), np.sort(perm[:n_val])
+        tr, va = validation_split(x_v.shape[0], n_val=n_val, seed=int(c.seed))
         return x_v[tr], x_s[tr], (x_v[va], x_s[va])
 
     def _batch_size(self, n: int) -> int:
@@ -530,12 +511,7 @@ class DeepCCA(CorrelationModel):
         x_v, x_s, val = self._split(x_v, x_s, validation)
         if val is not None:
             val = (val[0].astype(dt), val[1].astype(dt))
-            if val[0].shape[0] <= self.n_components:
-                raise ValueError(
-                    f"the validation set has {val[0].shape[0]} samples; it needs more than n_components="
-                    f"{self.n_components} to estimate the held-out correlation. Pass more validation data or "
-                    "a larger validation_fraction."
-                )
+            self.check_validation_size(val[0].shape[0])
         n = x_v.shape[0]
         bs = self._batch_size(n)
         steps_per_epoch = n // bs
@@ -556,16 +532,24 @@ class DeepCCA(CorrelationModel):
         best_params, best_stats = jax.device_get((params, stats))
 
         workdir = None if workdir is None else pathlib.Path(workdir)
-        manager = None
+        ckpt = None
         resume_step = None
         if workdir is not None:
-            manager = self._checkpoint_manager(workdir)
-            latest = manager.latest_step()
-            if latest is not None:
-                state, best_params, best_stats, meta = self._restore(manager, latest, state, n, val)
-                resume_step = int(latest)
-                logging.info("dcca: resumed from %s at step %d", workdir / CHECKPOINT_DIR, resume_step)
-        writer = _MetricsWriter(workdir, resume_step if resume_step is not None else 0)
+            n_val = 0 if val is None else int(val[0].shape[0])
+            ckpt = Checkpoints(workdir, fingerprint=fingerprint(c, resumable=_RESUMABLE_FIELDS, optional=_OPTIONAL_FIELDS,
+                                                      n_train=n, n_val=n_val),
+                               keep=int(c.keep_checkpoints), job="DCCA job", resumable=_RESUMABLE_FIELDS)
+            tree, meta, resume_step = ckpt.restore_or_init(_checkpoint_tree(state, (best_params, best_stats)), meta)
+            if resume_step is not None:
+                s = tree["state"]
+                state = state.replace(params=s["params"], opt_state=s["opt_state"], step=s["step"],
+                                      batch_stats=s["batch_stats"])
+                best_params, best_stats = tree["best"]["params"], tree["best"]["batch_stats"]
+        # Early stopping on the held-out total correlation; counters live in meta (the checkpoint's layout).
+        stopper = EarlyStopping(patience=int(c.patience) if val is not None else 0, best=meta["best_val_corr"],
+                                best_step=meta["best_step"], bad_epochs=meta["bad_epochs"], stopped=meta["stopped"])
+        writer = MetricsWriter(None if workdir is None else workdir / METRICS_FILE, resume_step=resume_step or 0,
+                               name="dcca")
 
         train_chunk = _compiled_train_chunk(_step_key(c))
         x_v, x_s = jnp.asarray(x_v), jnp.asarray(x_s)
@@ -575,15 +559,17 @@ class DeepCCA(CorrelationModel):
         # Training time accumulated over resumed runs (up to each one's last checkpoint).
         seconds_before = float(meta.get("train_seconds", 0.0))
         ckpt_every = int(c.checkpoint_every)
+        advice = self._nonfinite_advice(bs)
 
         def save(step):
             meta["train_seconds"] = seconds_before + time.time() - t0
-            if manager is None:
-                return
-            self._save_checkpoint(manager, step, state, best_params, best_stats, meta, n, val)
+            meta.update(best_val_corr=stopper.best, best_step=stopper.best_step, bad_epochs=stopper.bad_epochs,
+                        stopped=stopper.stopped)
+            if ckpt is not None:
+                ckpt.save(step, _checkpoint_tree(state, (best_params, best_stats)), meta)
 
         try:
-            while step < total_steps and not meta["stopped"]:
+            while step < total_steps and not stopper.stopped:
                 epoch = step // steps_per_epoch
                 order = _epoch_order(data_rng, epoch, n=n)
                 i = step - epoch * steps_per_epoch
@@ -598,9 +584,8 @@ class DeepCCA(CorrelationModel):
                     for j in range(end - i):
                         metrics = {k: v[j] for k, v in chunk_metrics.items()}
                         step += 1
-                        loss = float(metrics["loss"])
-                        if not math.isfinite(loss):
-                            raise NonFiniteLossError(self._nonfinite_message(loss, step, epoch, bs, workdir))
+                        loss = check_finite(metrics["loss"], what="DCCA loss", step=step, epoch=epoch,
+                                            advice=advice, workdir=workdir)
                         meta["epoch_losses"].append(loss)
                         rec = {"kind": "step", "step": step, "epoch": epoch, **metrics}
                         writer.write(rec, log=step % max(1, int(c.log_every)) == 0)
@@ -615,118 +600,81 @@ class DeepCCA(CorrelationModel):
                        "train_objective": -float(np.mean(meta["epoch_losses"])), "elapsed_s": seconds_before + time.time() - t0}
                 meta["epoch_losses"] = []
                 if val is not None:
-                    vc = self._held_out_corr(state.params, state.batch_stats, val)
+                    vc = check_finite(self._held_out_corr(state.params, state.batch_stats, val),
+                                      what="held-out correlation", step=step, epoch=epoch, advice=advice,
+                                      workdir=workdir)
                     rec["val_corr"] = vc
-                    if not math.isfinite(vc):
-                        raise NonFiniteLossError(self._nonfinite_message(vc, step, epoch, bs, workdir, held_out=True))
-                    if meta["best_val_corr"] is None or vc > meta["best_val_corr"]:
-                        meta.update(best_val_corr=vc, best_step=step, bad_epochs=0)
+                    if stopper.update(vc, step=step):
                         best_params, best_stats = jax.device_get((state.params, state.batch_stats))
-                    else:
-                        meta["bad_epochs"] += 1
-                    rec["best_val_corr"] = meta["best_val_corr"]
-                    if int(c.patience) > 0 and meta["bad_epochs"] >= int(c.patience):
-                        meta["stopped"] = True
+                    rec["best_val_corr"] = stopper.best
+                    if stopper.stopped:
                         logging.info("dcca: early stop at epoch %d (best held-out correlation %.4f at step %d)",
-                                     epoch, meta["best_val_corr"], meta["best_step"])
+                                     epoch, stopper.best, stopper.best_step)
                 else:
                     best_params, best_stats = jax.device_get((state.params, state.batch_stats))
-                    meta["best_step"] = step
+                    stopper.best_step = step
                 writer.write(rec)
-                if not ckpt_every or step % ckpt_every == 0 or step >= total_steps or meta["stopped"]:
+                if not ckpt_every or step % ckpt_every == 0 or step >= total_steps or stopper.stopped:
                     save(step)
         finally:
-            if manager is not None:
-                manager.wait_until_finished()
-                manager.close()
+            if ckpt is not None:
+                ckpt.close()
 
-        self.params = jax.tree_util.tree_map(jnp.asarray, best_params)
-        self.batch_stats = jax.tree_util.tree_map(jnp.asarray, best_stats) if best_stats else {}
-        self.history = writer.history
-        self.best_step = int(meta["best_step"])
-        self.best_val_corr = meta["best_val_corr"]
-        # Eq. 8: linear CCA on the towers' outputs for the training data.
-        h_v = self._outputs(self.params, self.batch_stats, x_v, 0)
-        h_s = self._outputs(self.params, self.batch_stats, x_s, 1)
-        r = c.final_cca_ridge
-        rv, rs = (c.ridge_v, c.ridge_s) if r is None else (r, r)
-        self.cca = fit_linear_cca(h_v, h_s, n_components=self.n_components, ridge_v=rv, ridge_s=rs)
+        params = jax.tree_util.tree_map(jnp.asarray, best_params)
+        stats = jax.tree_util.tree_map(jnp.asarray, best_stats) if best_stats else {}
+        h_v = self.apply_towers(params, stats, x_v, 0)
+        h_s = self.apply_towers(params, stats, x_s, 1)
+        self.set_trained(params, stats, h_v, h_s, history=writer.history, best_step=stopper.best_step,
+                         best_val_corr=stopper.best)
         # Total fit time: training over all (resumed) runs plus the final CCA.
         self.fit_seconds = seconds_before + time.time() - t0
 
-    def _nonfinite_message(self, value, step, epoch, bs, workdir, held_out=False) -> str:
-        c = self.config
-        what = "held-out correlation" if held_out else "DCCA loss"
-        return (
-            f"non-finite {what} ({value}) at step {step} (epoch {epoch}): a batch covariance of the tower "
-            f"outputs became singular or the updates diverged. Increase ridge_v/ridge_s (now {c.ridge_v}, "
-            f"{c.ridge_s}), lower learning_rate (now {c.learning_rate}), or use larger batches (batch_size "
-            f"now {bs}, towers.out_dim {c.towers.out_dim}); a tanh/sigmoid activation saturates less than "
-            f"relu. "
-            + (f"The last finite checkpoint in {workdir} is kept; change the config and rerun in a fresh workdir."
-               if workdir is not None else "")
-        )
-
-    # ------------------------------------------------------------------ checkpoints
-    def _checkpoint_manager(self, workdir: pathlib.Path):
-        import orbax.checkpoint as ocp
-
-        workdir.mkdir(parents=True, exist_ok=True)
-        options = ocp.CheckpointManagerOptions(max_to_keep=max(1, int(self.config.keep_checkpoints)), create=True)
-        return ocp.CheckpointManager((workdir / CHECKPOINT_DIR).resolve(), options=options)
-
-    def _fingerprint(self, n, val) -> dict:
-        cfg = json.loads(self.config.to_json())
-        for f in _RESUMABLE_FIELDS:
-            cfg.pop(f, None)
-        if cfg.get("compute_dtype") is None:
-            cfg.pop("compute_dtype", None)  # the default: checkpoints written before the field existed resume
-        return {"config": cfg, "n_train": int(n), "n_val": 0 if val is None else int(val[0].shape[0])}
-
-    def _save_checkpoint(self, manager, step, state, best_params, best_stats, meta, n, val):
-        import orbax.checkpoint as ocp
-
-        tree = {
-            "state": {"params": state.params, "opt_state": state.opt_state, "step": state.step,
-                      "batch_stats": state.batch_stats},
-            "best": {"params": best_params, "batch_stats": best_stats},
-        }
-        # Host copies: the train step donates its input buffers, an async save must not read them.
-        tree = jax.device_get(tree)
-        # A deep copy: the save is asynchronous, and training keeps appending to meta["epoch_losses"]; a
-        # shared list could be serialised with later steps' losses in it (seen as a flaky resume test).
-        info = copy.deepcopy({**meta, "fingerprint": self._fingerprint(n, val)})
-        manager.save(step, args=ocp.args.Composite(tree=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(info)))
-
-    def _restore(self, manager, step, state, n, val):
-        import orbax.checkpoint as ocp
-
-        info = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        want = self._fingerprint(n, val)
-        if info.get("fingerprint") != want:
+    def check_validation_size(self, n_val: int) -> None:
+        """ValueError unless ``n_val`` held-out rows can estimate the top ``n_components`` correlations."""
+        if n_val <= self.n_components:
             raise ValueError(
-                f"the checkpoint at step {step} in {manager.directory} was written with a different config or "
-                f"data size ({info.get('fingerprint')} vs now {want}); use a fresh workdir, or the old config. "
-                f"Only {_RESUMABLE_FIELDS} may change between a run and its resumption."
+                f"the validation set has {n_val} samples; it needs more than n_components={self.n_components} to "
+                "estimate the held-out correlation. Pass more validation data or a larger validation_fraction."
             )
-        template = {
-            "state": {"params": state.params, "opt_state": state.opt_state, "step": state.step,
-                      "batch_stats": state.batch_stats},
-            "best": {"params": state.params, "batch_stats": state.batch_stats},
-        }
-        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
-        tree = manager.restore(step, args=ocp.args.Composite(tree=ocp.args.StandardRestore(abstract)))["tree"]
-        s = tree["state"]
-        state = state.replace(params=s["params"], opt_state=s["opt_state"], step=s["step"], batch_stats=s["batch_stats"])
-        meta = {k: v for k, v in info.items() if k != "fingerprint"}
-        if int(self.config.patience) > 0 and val is not None:
-            meta["stopped"] = meta["bad_epochs"] >= int(self.config.patience)
-        return state, tree["best"]["params"], tree["best"]["batch_stats"], meta
+
+    def set_trained(self, params, batch_stats, h_v, h_s, *, history, best_step, best_val_corr, dims=None):
+        r"""Finishes training: keeps the towers' parameters and fits the final CCA (Eq. 8) on their outputs.
+
+        The last step of every DCCA trainer (:meth:`fit`, :func:`dcca_jax.distributed.fit_dcca_data_parallel`).
+
+        Args:
+          params, batch_stats: the towers' (best) parameters and batch-norm statistics (``{}`` without).
+          h_v, h_s: ``(n, o)`` the towers' outputs for all the training rows under ``params``.
+          history: the per-epoch records.
+          best_step: the step whose parameters are kept.
+          best_val_corr: their held-out total correlation (None without a held-out part).
+          dims: ``(d_v, d_s)`` input widths, when the model is not finished by :meth:`fit` (which sets them).
+        """
+        c = self.config
+        self.params = params
+        self.batch_stats = batch_stats if batch_stats else {}
+        self.history = history
+        self.best_step = int(best_step)
+        self.best_val_corr = best_val_corr
+        r = c.final_cca_ridge
+        rv, rs = (c.ridge_v, c.ridge_s) if r is None else (r, r)
+        self.cca = fit_linear_cca(h_v, h_s, n_components=self.n_components, ridge_v=rv, ridge_s=rs)
+        if dims is not None:
+            self._dims = (int(dims[0]), int(dims[1]))
+
+    def _nonfinite_advice(self, bs) -> str:
+        c = self.config
+        return (
+            "a batch covariance of the tower outputs became singular or the updates diverged. Increase "
+            f"ridge_v/ridge_s (now {c.ridge_v}, {c.ridge_s}), lower learning_rate (now {c.learning_rate}), or use "
+            f"larger batches (batch_size now {bs}, towers.out_dim {c.towers.out_dim}); a tanh/sigmoid activation "
+            "saturates less than relu."
+        )
 
     # ------------------------------------------------------------------ model API hooks
     def _transform(self, x_v, x_s):
-        h_v = None if x_v is None else self._outputs(self.params, self.batch_stats, x_v, 0)
-        h_s = None if x_s is None else self._outputs(self.params, self.batch_stats, x_s, 1)
+        h_v = None if x_v is None else self.apply_towers(self.params, self.batch_stats, x_v, 0)
+        h_s = None if x_s is None else self.apply_towers(self.params, self.batch_stats, x_s, 1)
         return project(self.cca, h_v, h_s)
 
     @property
@@ -750,8 +698,9 @@ class DeepCCA(CorrelationModel):
         self.history = []
 
     def _save_extra(self, path: pathlib.Path) -> None:
-        (path / "history.json").write_text(json.dumps(getattr(self, "history", []), indent=1))
+        atomic_write_text(path / "history.json", json.dumps(getattr(self, "history", []), indent=1))
 
     def _load_extra(self, path: pathlib.Path) -> None:
         f = path / "history.json"
         self.history = json.loads(f.read_text()) if f.exists() else []
+

@@ -79,6 +79,7 @@ __all__ = [
     "fit_exact_kcca",
     "nystrom_features",
     "rff_features",
+    "kcca_config",
     "KernelCCA",
 ]
 
@@ -323,6 +324,27 @@ def rff_features(x: ArrayLike, w: ArrayLike, b: ArrayLike) -> jax.Array:
     return _rff(x, jnp.asarray(w, x.dtype), jnp.asarray(b, x.dtype))
 
 
+def kcca_config() -> ml_collections.ConfigDict:
+    """Hyperparameters of :class:`KernelCCA` with their defaults (see the class docstring)."""
+    cfg = ml_collections.ConfigDict()
+    cfg.n_components = 10
+    for v in ("v", "s"):
+        cfg[f"kernel_{v}"] = "rbf"
+        cfg[f"bandwidth_{v}"] = None
+        cfg[f"bandwidth_scale_{v}"] = 1.0
+        cfg[f"gamma_{v}"] = None
+        cfg[f"coef0_{v}"] = 1.0
+        cfg[f"degree_{v}"] = 2
+        cfg[f"ridge_{v}"] = 1e-3
+    cfg.solver = "exact"
+    cfg.n_landmarks = 1000
+    cfg.n_features = 2000
+    cfg.median_subsample = 1000
+    cfg.seed = 0
+    cfg.chunk_size = 1024
+    return cfg
+
+
 _VIEW_FIELDS = ("kernel", "bandwidth", "bandwidth_scale", "gamma", "coef0", "degree", "ridge")
 
 
@@ -343,23 +365,7 @@ class KernelCCA(CorrelationModel):
 
     @classmethod
     def default_config(cls) -> ml_collections.ConfigDict:
-        cfg = ml_collections.ConfigDict()
-        cfg.n_components = 10
-        for v in ("v", "s"):
-            cfg[f"kernel_{v}"] = "rbf"
-            cfg[f"bandwidth_{v}"] = None
-            cfg[f"bandwidth_scale_{v}"] = 1.0
-            cfg[f"gamma_{v}"] = None
-            cfg[f"coef0_{v}"] = 1.0
-            cfg[f"degree_{v}"] = 2
-            cfg[f"ridge_{v}"] = 1e-3
-        cfg.solver = "exact"
-        cfg.n_landmarks = 1000
-        cfg.n_features = 2000
-        cfg.median_subsample = 1000
-        cfg.seed = 0
-        cfg.chunk_size = 1024
-        return cfg
+        return kcca_config()
 
     # ------------------------------------------------------------ config checks
     def _validate_config(self, shapes) -> None:

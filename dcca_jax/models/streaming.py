@@ -26,7 +26,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from dcca_jax.models.base import register_model
-from dcca_jax.models.cca import CCAParams, LinearCCA, _check_components, cca_from_covariances
+from dcca_jax.models.cca import CCAParams, LinearCCA, cca_config, cca_from_covariances, check_components
 
 __all__ = [
     "CovarianceStats",
@@ -40,6 +40,7 @@ __all__ = [
     "iter_npy_chunks",
     "fit_from_stats",
     "fit_streaming_cca",
+    "streaming_cca_config",
     "StreamingLinearCCA",
 ]
 
@@ -372,7 +373,7 @@ def fit_from_stats(
     """
     d_v, d_s = stats.d_v, stats.d_s
     shapes = ((int(stats.count), d_v), (int(stats.count), d_s))
-    _check_components(n_components, d_v, d_s, shapes)
+    check_components(n_components, d_v, d_s, shapes)
     if ridge_v < 0 or ridge_s < 0:
         raise ValueError(f"ridges must be >= 0; got ridge_v={ridge_v}, ridge_s={ridge_s}.")
     s_vv, s_ss, s_vs = stats.covariances(ridge_v=ridge_v, ridge_s=ridge_s)
@@ -438,6 +439,13 @@ def fit_streaming_cca(
     return fit_from_stats(stats, n_components=n_components, ridge_v=ridge_v, ridge_s=ridge_s)
 
 
+def streaming_cca_config() -> ml_collections.ConfigDict:
+    """Hyperparameters of :class:`StreamingLinearCCA`: those of linear CCA plus ``chunk_size``."""
+    cfg = cca_config()
+    cfg.chunk_size = DEFAULT_CHUNK
+    return cfg
+
+
 @register_model
 class StreamingLinearCCA(LinearCCA):
     """:class:`dcca_jax.models.cca.LinearCCA` fitted in bounded memory; ``fit`` also takes ``.npy`` paths.
@@ -450,9 +458,7 @@ class StreamingLinearCCA(LinearCCA):
 
     @classmethod
     def default_config(cls) -> ml_collections.ConfigDict:
-        cfg = LinearCCA.default_config()
-        cfg.chunk_size = DEFAULT_CHUNK
-        return cfg
+        return streaming_cca_config()
 
     def fit(self, x_v, x_s, **kwargs) -> "StreamingLinearCCA":
         """Fits on two arrays, memmaps or ``.npy`` paths without loading them whole."""

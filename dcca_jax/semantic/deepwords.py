@@ -40,7 +40,6 @@ import json
 import logging
 import os
 import pathlib
-import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -50,6 +49,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from dcca_jax._io import atomic_save_npy, atomic_save_npz, atomic_write_text
 from dcca_jax.semantic import kmeans as _kmeans
 from dcca_jax.semantic import skipgram as _skipgram
 
@@ -57,7 +57,7 @@ __all__ = [
     "REPRESENTATIONS",
     "WEIGHTINGS",
     "NORMS",
-    "default_config",
+    "semantic_config",
     "TagReport",
     "clean_tag_lists",
     "DeepWordVocabulary",
@@ -78,10 +78,10 @@ WEIGHTINGS = ("count", "binary", "tfidf")
 NORMS = ("l2", "l1", "none")
 
 
-def default_config() -> ml_collections.ConfigDict:
+def semantic_config() -> ml_collections.ConfigDict:
     """Semantic-view config.
 
-    Fields: representation (one of REPRESENTATIONS), skipgram (see :func:`dcca_jax.semantic.skipgram.default_config`),
+    Fields: representation (one of REPRESENTATIONS), skipgram (see :func:`dcca_jax.semantic.skipgram.skipgram_config`),
     n_clusters (deep-word vocabulary size K), kmeans_n_init / kmeans_max_iter / kmeans_tol / kmeans_seed,
     normalize_vectors (L2-normalise word vectors before k-means, so clusters follow cosine similarity),
     weighting (WEIGHTINGS) and norm (NORMS) of the bag of deep words, baseline_norm (NORMS; normalisation of
@@ -90,7 +90,7 @@ def default_config() -> ml_collections.ConfigDict:
     """
     c = ml_collections.ConfigDict()
     c.representation = "deep_words"
-    c.skipgram = _skipgram.default_config()
+    c.skipgram = _skipgram.skipgram_config()
     c.n_clusters = 100
     c.kmeans_n_init = 10
     c.kmeans_max_iter = 300
@@ -473,8 +473,8 @@ class SemanticEncoder:
             )
         if self.idf is not None:
             arrays["idf"] = self.idf
-        np.savez(path / "arrays.npz", **arrays)
-        (path / "config.json").write_text(json.dumps({"format": "dcca_jax.semantic_encoder.v1",
+        atomic_save_npz(path / "arrays.npz", **arrays)
+        atomic_write_text(path / "config.json", json.dumps({"format": "dcca_jax.semantic_encoder.v1",
                                                       "config": self.config.to_dict()}, indent=2, sort_keys=True))
         return path
 
@@ -488,7 +488,7 @@ class SemanticEncoder:
             raise ValueError(f"cannot read a semantic encoder from {path}: {e}") from e
         if meta.get("format") != "dcca_jax.semantic_encoder.v1":
             raise ValueError(f"{path}/config.json is not a dcca_jax semantic encoder.")
-        cfg = default_config()
+        cfg = semantic_config()
         cfg.update(ml_collections.ConfigDict(meta["config"]))
         wv = dw = None
         if "wv_words" in z:
@@ -501,7 +501,7 @@ class SemanticEncoder:
 
 
 def _merged_config(config) -> ml_collections.ConfigDict:
-    cfg = default_config()
+    cfg = semantic_config()
     if config is not None:
         cfg.update(config)
     if cfg.representation not in REPRESENTATIONS:
@@ -527,7 +527,7 @@ def fit_semantic_encoder(
 
     Args:
       train_tags: training tag lists.
-      config: see :func:`default_config`.
+      config: see :func:`semantic_config`.
       vocabulary: the tag vocabulary in column order (e.g. a dataset's word list); default: the sorted
         distinct training tags.
       word_vectors: pre-trained skip-gram vectors to reuse (skips training).
@@ -591,7 +591,7 @@ def semantic_view(
     Args:
       train_tags: training tag lists.
       *other_tags: any number of further splits' tag lists (validation, test, ...).
-      config: see :func:`default_config` (``representation`` picks deep words, raw bag of words, or mean
+      config: see :func:`semantic_config` (``representation`` picks deep words, raw bag of words, or mean
         word vectors).
       vocabulary: tag vocabulary in column order (bag of words); default the sorted training tags.
       word_vectors: reuse trained vectors instead of training.
@@ -613,17 +613,6 @@ def semantic_view(
     return SemanticView(outs[0], tuple(outs[1:]), enc, tuple(reports))
 
 
-def _save_npy_atomic(path: pathlib.Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
-    os.close(fd)
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def export_semantic_view(
@@ -638,7 +627,7 @@ def export_semantic_view(
     Args:
       dataset: a :class:`dcca_jax.data.datasets.Dataset` (its vocabulary gives the bag-of-words column order).
       out_dir: destination folder (created).
-      config: see :func:`default_config`.
+      config: see :func:`semantic_config`.
 
     Returns:
       The report dict that was written.
@@ -652,7 +641,7 @@ def export_semantic_view(
     )
     seconds = time.perf_counter() - t0
     for name, m in zip(names, (view.train, *view.others)):
-        _save_npy_atomic(out / f"semantic_{name}.npy", np.asarray(m))
+        atomic_save_npy(out / f"semantic_{name}.npy", np.asarray(m))
     view.encoder.save(out / "semantic_encoder")
     report: dict[str, Any] = {
         "dataset": dataset.name,
@@ -667,5 +656,6 @@ def export_semantic_view(
         dwv = view.encoder.deep_words
         report["deep_words"] = [dwv.members(k) for k in range(dwv.n_clusters)]
         report["kmeans_inertia"] = dwv.inertia
-    (out / "semantic_report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    atomic_write_text(out / "semantic_report.json", json.dumps(report, indent=2, ensure_ascii=False))
     return report
+

@@ -42,17 +42,19 @@ import json
 import logging
 import os
 import pathlib
-import tempfile
 import zlib
 from collections.abc import Sequence
 
 import ml_collections
 import numpy as np
 
+from dcca_jax._io import atomic_save_npz
+
 __all__ = [
-    "default_config",
+    "skipgram_config",
     "stable_hash",
     "tag_sentences",
+    "word2vec",
     "WordVectors",
     "train_skipgram",
     "save_word_vectors",
@@ -62,7 +64,7 @@ __all__ = [
 _FORMAT = "dcca_jax.word_vectors.v1"
 
 
-def default_config() -> ml_collections.ConfigDict:
+def skipgram_config() -> ml_collections.ConfigDict:
     """Skip-gram hyperparameters (paper: skip-gram, window 5, negative sampling).
 
     Fields: vector_size, window, negative (negatives per positive pair), ns_exponent (noise distribution
@@ -170,12 +172,36 @@ class WordVectors:
         return kv
 
 
+def word2vec(sentences: Sequence[Sequence[str]], *, vector_size: int, window: int, min_count: int = 1,
+             negative: int = 5, ns_exponent: float = 0.75, sample: float = 0.0, alpha: float = 0.025,
+             min_alpha: float = 1e-4, epochs: int, seed: int, workers: int = 1):
+    """gensim's skip-gram with negative sampling (Eq. 1-2) on ``sentences``, reproducibly: the one Word2Vec wrapper.
+
+    ``sg=1, hs=0``, gensim's ``seed``, and :func:`stable_hash` as ``hashfxn`` (module docstring,
+    *Determinism*), so the vectors do not depend on ``PYTHONHASHSEED``; ``workers=1`` (the default) makes
+    them independent of thread scheduling too. Used by :func:`train_skipgram` and by the CCA-KNN baseline
+    (:func:`dcca_jax.baselines.cca_knn.train_tag_word2vec`).
+
+    Returns:
+      The trained ``gensim.models.Word2Vec``.
+    """
+    from gensim.models import Word2Vec  # heavy import, needed only here
+
+    if workers != 1:
+        logging.warning("skip-gram with workers=%d is not deterministic; use workers=1 to reproduce runs.", workers)
+    return Word2Vec(
+        sentences=sentences, vector_size=vector_size, window=window, min_count=min_count, sg=1, hs=0,
+        negative=negative, ns_exponent=ns_exponent, sample=sample, alpha=alpha, min_alpha=min_alpha, epochs=epochs,
+        seed=seed, workers=workers, hashfxn=stable_hash,
+    )
+
+
 def train_skipgram(train_tags: Sequence[Sequence[str]], *, config: ml_collections.ConfigDict | None = None) -> WordVectors:
     """Train skip-gram vectors on the training split's tag lists (Eq. 1-2 with negative sampling).
 
     Args:
       train_tags: one tag list per TRAINING image (strings).
-      config: see :func:`default_config`; missing fields take the defaults.
+      config: see :func:`skipgram_config`; missing fields take the defaults.
 
     Returns:
       WordVectors for every tag seen at least ``config.min_count`` times.
@@ -183,9 +209,7 @@ def train_skipgram(train_tags: Sequence[Sequence[str]], *, config: ml_collection
     Raises:
       ValueError: when no image has a tag, or no tag reaches ``min_count``.
     """
-    from gensim.models import Word2Vec
-
-    cfg = default_config()
+    cfg = skipgram_config()
     if config is not None:
         cfg.update(config)
     for row, tags in enumerate(train_tags):
@@ -202,15 +226,11 @@ def train_skipgram(train_tags: Sequence[Sequence[str]], *, config: ml_collection
         raise ValueError(
             f"no tag occurs min_count={cfg.min_count} times in the {len(train_tags)} training lists; lower min_count."
         )
-    if cfg.workers != 1:
-        logging.warning("skip-gram with workers=%d is not deterministic; use workers=1 to reproduce runs.", cfg.workers)
-    model = Word2Vec(
-        sentences=sentences,
+    model = word2vec(
+        sentences,
         vector_size=cfg.vector_size,
         window=cfg.window,
         min_count=cfg.min_count * cfg.repeats,  # every image's tags appear `repeats` times in the corpus
-        sg=1,
-        hs=0,
         negative=cfg.negative,
         ns_exponent=cfg.ns_exponent,
         sample=cfg.sample,
@@ -219,7 +239,6 @@ def train_skipgram(train_tags: Sequence[Sequence[str]], *, config: ml_collection
         epochs=cfg.epochs,
         seed=cfg.seed,
         workers=cfg.workers,
-        hashfxn=stable_hash,
     )
     words = tuple(model.wv.index_to_key)
     logging.info("skip-gram: %d words, %d sentences, %d epochs", len(words), len(sentences), cfg.epochs)
@@ -233,26 +252,14 @@ def train_skipgram(train_tags: Sequence[Sequence[str]], *, config: ml_collection
 
 def save_word_vectors(path: str | os.PathLike, wv: WordVectors) -> pathlib.Path:
     """Write WordVectors to ``path`` (an ``.npz``; written atomically). Returns the path."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    os.close(fd)
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(
-                f,
-                format=np.array(_FORMAT),
-                words=np.array(wv.words, dtype=np.str_),
-                vectors=wv.vectors,
-                counts=wv.counts,
-                config=np.array(json.dumps(wv.config, sort_keys=True)),
-            )
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return atomic_save_npz(
+        path,
+        format=np.array(_FORMAT),
+        words=np.array(wv.words, dtype=np.str_),
+        vectors=wv.vectors,
+        counts=wv.counts,
+        config=np.array(json.dumps(wv.config, sort_keys=True)),
+    )
 
 
 def load_word_vectors(path: str | os.PathLike) -> WordVectors:
@@ -273,3 +280,4 @@ def load_word_vectors(path: str | os.PathLike) -> WordVectors:
             )
     except (OSError, KeyError) as e:
         raise ValueError(f"cannot read word vectors from {path}: {e}") from e
+

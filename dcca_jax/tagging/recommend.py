@@ -69,7 +69,7 @@ def chunked_topk(queries: ArrayLike, items: ArrayLike, *, k: int, query_chunk: i
     :math:`O(q_c\,i_c + q_c k)` whatever n_q and n_items are: with the defaults and float32, one 64 MiB block.
     Measured with ``jax.jit(...).lower(...).compile().memory_analysis()`` on CPU: for 100,000 queries against
     200,000 items in 64 dimensions (float32, k = 10) the temporaries are 0.15 GiB (the inputs 73 MiB) against
-    74.5 GiB for the dense similarity matrix (``experiments/bench_topk.py`` measures time and memory).
+    74.5 GiB for the dense similarity matrix (``experiments/bench/topk.py`` measures time and memory).
 
     Ties are broken towards the lower item index, as a stable ``argsort(-s)``.
 

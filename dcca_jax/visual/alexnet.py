@@ -44,6 +44,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dcca_jax._io import atomic_save_npz
+
 LAYOUTS = ("torchvision", "caffe")
 
 # (name, out channels, kernel, stride, padding, groups, lrn_after, pool_after)
@@ -325,8 +327,5 @@ def convert_torch_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> 
     if isinstance(sd, Mapping) and "state_dict" in sd:
         sd = sd["state_dict"]
     arrays = {k.removeprefix("module."): v.detach().cpu().float().numpy() for k, v in sd.items()}
-    dst = os.fspath(dst)
-    tmp = dst + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, dst)
+    atomic_save_npz(dst, **arrays)
     return sorted(arrays)

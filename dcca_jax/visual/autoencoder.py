@@ -17,11 +17,11 @@ retained ``1 - SSE / SST`` on held-out rows, ``SST`` measured about the training
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import json
 import os
+import pathlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,12 +34,17 @@ import optax
 from absl import logging
 from flax.training import train_state
 
+from dcca_jax._io import atomic_save_npz, atomic_write_json
+from dcca_jax.training import METRICS_FILE, Checkpoints, EarlyStopping, MetricsWriter, check_finite, fingerprint
+
 ACTIVATIONS = {"relu": nn.relu, "tanh": jnp.tanh, "sigmoid": nn.sigmoid, "gelu": nn.gelu, "elu": nn.elu,
                "softplus": nn.softplus}
 ARCHITECTURES = ("mlp", "pca_residual")
+# Config fields that may change between a run and its resumption (to train longer).
+_RESUMABLE_FIELDS = ("max_epochs", "patience", "checkpoint_every")
 
 
-def default_config() -> ml_collections.ConfigDict:
+def autoencoder_config() -> ml_collections.ConfigDict:
     """Auto-encoder hyperparameters (defaults: 1280/4096 -> 1024 -> 300 -> 1024 -> d, ReLU)."""
     c = ml_collections.ConfigDict()
     c.hidden_sizes = (1024,)
@@ -171,14 +176,10 @@ class TrainedAutoEncoder:
                 for kp, v in jax.tree_util.tree_flatten_with_path(self.params)[0]}
         arrays = {f"params/{k}": v for k, v in flat.items()}
         arrays.update(mean=self.mean, scale=self.scale)
-        tmp = os.path.join(path, "arrays.tmp.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, os.path.join(path, "arrays.npz"))
+        atomic_save_npz(os.path.join(path, "arrays.npz"), **arrays)
         meta = {"config": self.config.to_dict(), "history": self.history, "best_epoch": self.best_epoch}
         meta["config"]["hidden_sizes"] = list(self.config.hidden_sizes)
-        with open(os.path.join(path, "config.json.tmp"), "w", encoding="utf-8") as f:
-            json.dump(meta, f, indent=1)
-        os.replace(os.path.join(path, "config.json.tmp"), os.path.join(path, "config.json"))
+        atomic_write_json(os.path.join(path, "config.json"), meta, indent=1)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TrainedAutoEncoder":
@@ -328,7 +329,7 @@ def fit_autoencoder(x_train, *, config: ml_collections.ConfigDict | None = None,
 
     Args:
         x_train: ``(n, d)`` features.
-        config: :func:`default_config` fields.
+        config: :func:`autoencoder_config` fields.
         workdir: where to keep orbax checkpoints (``workdir/checkpoints``) and ``metrics.jsonl``; a rerun with
             the same workdir resumes. None trains in memory.
         x_val: ``(m, d)`` early-stopping rows; default: a random ``validation_fraction`` of ``x_train`` (those
@@ -338,9 +339,9 @@ def fit_autoencoder(x_train, *, config: ml_collections.ConfigDict | None = None,
         A :class:`TrainedAutoEncoder` holding the parameters of the best validation epoch.
 
     Raises:
-        FloatingPointError: the training loss became non-finite.
+        dcca_jax.training.NonFiniteLossError: the training loss became non-finite (a ``FloatingPointError``).
     """
-    config = default_config() if config is None else config
+    config = autoencoder_config() if config is None else config
     dtype = jnp.dtype(config.dtype)
     x_train = np.asarray(x_train, np.float64)
     if x_train.ndim != 2 or not np.all(np.isfinite(x_train)):
@@ -348,6 +349,8 @@ def fit_autoencoder(x_train, *, config: ml_collections.ConfigDict | None = None,
                          f"(drop the rows of images that failed to decode)")
     rng = jax.random.key(config.seed)
     if x_val is None:
+        # Drawn with jax.random, not dcca_jax.training.validation_split: existing workdirs (and the tests'
+        # exact-resume runs) were trained on these rows, and a resumed run must see the same ones.
         n_val = max(1, int(round(config.validation_fraction * len(x_train))))
         order = np.asarray(jax.random.permutation(jax.random.fold_in(rng, 10**6), len(x_train)))
         x_val, x_train = x_train[order[:n_val]], x_train[order[n_val:]]
@@ -374,90 +377,64 @@ def fit_autoencoder(x_train, *, config: ml_collections.ConfigDict | None = None,
     params = jax.tree_util.tree_map(lambda p: p.astype(dtype), params)
     state = TrainState.create(apply_fn=module.apply, params=params, tx=tx)
     # Epoch 0 is a candidate too: for "pca_residual" it is exactly PCA, which training must beat to count.
-    best_params, best_epoch, bad_epochs, start_epoch = state.params, 0, 0, 0
-    best_val = float(eval_loss(state.params, xv))
-    history: list[dict] = []
+    meta = {"best_val": float(eval_loss(state.params, xv)), "best_epoch": 0, "bad_epochs": 0, "history": []}
+    best_params = state.params
 
-    mngr = None
-    metrics_path = None
+    ckpt, start_epoch = None, 0
     if workdir is not None:
-        import orbax.checkpoint as ocp
-
-        os.makedirs(workdir, exist_ok=True)
-        job = {"config": json.loads(config.to_json()), "n_train": int(n), "n_val": int(len(x_val)), "d": int(d)}
-        job_path = os.path.join(workdir, "job.json")
-        if os.path.exists(job_path):
-            with open(job_path, encoding="utf-8") as f:
-                old = json.load(f)
-            # max_epochs and patience may change between runs (to train longer); the rest must not.
-            keep = ("max_epochs", "patience", "checkpoint_every")
-            strip = lambda j: {**j, "config": {k: v for k, v in j["config"].items() if k not in keep}}  # noqa: E731
-            if strip(old) != strip(job):
-                raise ValueError(f"{workdir} holds checkpoints of a different auto-encoder job; use another workdir "
-                                 f"or delete it (was {old}, now {job})")
-        else:
-            with open(job_path + ".tmp", "w", encoding="utf-8") as f:
-                json.dump(job, f, indent=1)
-            os.replace(job_path + ".tmp", job_path)
-        metrics_path = os.path.join(workdir, "metrics.jsonl")
-        mngr = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
-                                     options=ocp.CheckpointManagerOptions(max_to_keep=2))
-        latest = mngr.latest_step()
-        if latest is not None:
-            target = {"params": state.params, "opt_state": state.opt_state, "step": state.step,
-                      "best_params": best_params}
-            abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
-            restored = mngr.restore(latest, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                                   meta=ocp.args.JsonRestore()))
-            r, meta = restored["state"], restored["meta"]
-            state = state.replace(params=r["params"], opt_state=r["opt_state"], step=r["step"])
-            best_params = r["best_params"]
-            best_val, best_epoch, bad_epochs = meta["best_val"], meta["best_epoch"], meta["bad_epochs"]
-            history, start_epoch = meta["history"], latest
-            logging.info("auto-encoder: resumed from epoch %d in %s (best val %.6g at epoch %d)", latest, workdir,
-                         best_val, best_epoch)
-        elif os.path.exists(metrics_path):
-            os.remove(metrics_path)  # a fresh start: stale metrics from a run without checkpoints
+        # max_epochs and patience may change between runs (to train longer); the rest must not.
+        ckpt = Checkpoints(workdir, fingerprint=fingerprint(config, resumable=_RESUMABLE_FIELDS, n_train=n,
+                                                            n_val=len(x_val), d=d),
+                           keep=2, tree_item="state", job="auto-encoder job", resumable=_RESUMABLE_FIELDS,
+                           legacy_fingerprint=_legacy_fingerprint)
+        tree = {"params": state.params, "opt_state": state.opt_state, "step": state.step, "best_params": best_params}
+        tree, meta, resumed = ckpt.restore_or_init(tree, meta)
+        if resumed is not None:
+            state = state.replace(params=tree["params"], opt_state=tree["opt_state"], step=tree["step"])
+            best_params, start_epoch = tree["best_params"], resumed
+    stopper = EarlyStopping(patience=int(config.patience), mode="min", min_delta=float(config.min_delta),
+                            best=meta["best_val"], best_step=meta["best_epoch"], bad_epochs=meta["bad_epochs"])
+    history = meta["history"]
+    writer = MetricsWriter(None if workdir is None else os.path.join(workdir, METRICS_FILE),
+                           resume_step=start_epoch, name="auto-encoder")
 
     n_batches = n // bs
-    stopped = bad_epochs >= config.patience
     epoch = start_epoch
-    while epoch < config.max_epochs and not stopped:
+    while epoch < config.max_epochs and not stopper.stopped:
         epoch += 1
         erng = jax.random.fold_in(rng, epoch)
         perm = jax.random.permutation(erng, n)[: n_batches * bs].reshape(n_batches, bs)
         state, train_loss = _train_epoch(state, xt, perm, erng)
-        train_loss = float(train_loss)
-        if not np.isfinite(train_loss):
-            raise FloatingPointError(f"auto-encoder training loss is {train_loss} at epoch {epoch}; lower "
-                                     f"learning_rate (now {config.learning_rate}) or use normalise='per_feature'")
+        train_loss = check_finite(train_loss, what="auto-encoder training loss", step=int(state.step), epoch=epoch,
+                                  advice=f"lower learning_rate (now {config.learning_rate}) or use "
+                                         "normalise='per_feature'.", workdir=workdir)
         val_loss = float(eval_loss(state.params, xv))
-        if val_loss < best_val * (1 - config.min_delta):
-            best_val, best_params, best_epoch, bad_epochs = val_loss, state.params, epoch, 0
-        else:
-            bad_epochs += 1
-        stopped = bad_epochs >= config.patience
-        rec = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "best_val": best_val}
+        if stopper.update(val_loss, step=epoch):
+            best_params = state.params
+        rec = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "best_val": stopper.best}
         history.append(rec)
-        logging.info("auto-encoder epoch %d: train %.6g, val %.6g (best %.6g @ %d)", epoch, train_loss, val_loss,
-                     best_val, best_epoch)
-        if metrics_path is not None:
-            with open(metrics_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(rec) + "\n")
-        if mngr is not None and (epoch % config.checkpoint_every == 0 or stopped or epoch == config.max_epochs):
-            import orbax.checkpoint as ocp
-
-            pytree = {"params": state.params, "opt_state": state.opt_state, "step": state.step,
-                      "best_params": best_params}
-            # Copied: the save is asynchronous and `history` keeps growing while it runs.
-            meta = copy.deepcopy({"best_val": best_val, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
-                                  "history": history})
-            mngr.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(pytree), meta=ocp.args.JsonSave(meta)))
-    if mngr is not None:
-        mngr.wait_until_finished()
-        mngr.close()
-    if stopped:
-        logging.info("auto-encoder: early stop at epoch %d, keeping epoch %d (val %.6g)", epoch, best_epoch, best_val)
+        writer.write({"kind": "epoch", "step": epoch, **rec})
+        if ckpt is not None and (epoch % config.checkpoint_every == 0 or stopper.stopped or epoch == config.max_epochs):
+            meta = {"best_val": stopper.best, "best_epoch": stopper.best_step, "bad_epochs": stopper.bad_epochs,
+                    "history": history}
+            ckpt.save(epoch, {"params": state.params, "opt_state": state.opt_state, "step": state.step,
+                              "best_params": best_params}, meta)
+    if ckpt is not None:
+        ckpt.close()
+    if stopper.stopped:
+        logging.info("auto-encoder: early stop at epoch %d, keeping epoch %d (val %.6g)", epoch, stopper.best_step,
+                     stopper.best)
     best_params = jax.tree_util.tree_map(np.asarray, best_params)
     return TrainedAutoEncoder(config=config, params=best_params, mean=mean.astype(dtype), scale=scale.astype(dtype),
-                              history=history, best_epoch=best_epoch)
+                              history=history, best_epoch=stopper.best_step)
+
+
+def _legacy_fingerprint(workdir: pathlib.Path) -> dict | None:
+    """The fingerprint of a workdir written before it moved into the checkpoint metadata (``job.json``)."""
+    path = pathlib.Path(workdir) / "job.json"
+    if not path.exists():
+        return None
+    job = json.loads(path.read_text(encoding="utf-8"))
+    job["config"] = {k: v for k, v in job["config"].items() if k not in _RESUMABLE_FIELDS}
+    return job
+

@@ -3,7 +3,7 @@
 Pipeline: a background thread decodes and crops images (Pillow releases the GIL while decoding) into a
 small queue while the main thread runs the jitted network on fixed-shape batches (the last batch is padded,
 so XLA compiles once). Features are written in shards of ``shard_size`` images to ``cache_dir`` as
-``shard_NNNNN.npy`` (+ ``shard_NNNNN.failed.json``), each written to a temporary name then ``os.replace``-d,
+``shard_NNNNN.npy`` (+ ``shard_NNNNN.failed.json``), each written atomically (:mod:`dcca_jax._io`),
 so an interrupted run leaves only complete shards; rerunning with the same inputs skips them. ``index.json``
 fingerprints the job (backbone, weights, preprocessing, the path list); a cache made for a different job is
 refused rather than silently mixed.
@@ -32,6 +32,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from dcca_jax._io import atomic_save_npy, atomic_write_json
 from dcca_jax.visual import images as images_lib
 
 BACKBONES = ("mobilenet_v2", "alexnet")
@@ -76,7 +77,7 @@ class ExtractionResult:
     n_computed: int
 
 
-def default_backbone_config() -> ml_collections.ConfigDict:
+def backbone_config() -> ml_collections.ConfigDict:
     """Backbone settings (``backbone``, per-network weights and options, preprocessing)."""
     c = ml_collections.ConfigDict()
     c.backbone = "mobilenet_v2"
@@ -104,7 +105,7 @@ def build_backbone(config: ml_collections.ConfigDict, *, dtype=jnp.float32) -> B
     """Load the configured network and return a :class:`Backbone`.
 
     Args:
-        config: see :func:`default_backbone_config`.
+        config: see :func:`backbone_config`.
         dtype: compute dtype.
 
     Returns:
@@ -144,21 +145,6 @@ def build_backbone(config: ml_collections.ConfigDict, *, dtype=jnp.float32) -> B
     raise ValueError(f"unknown backbone {name!r}; choose one of {BACKBONES}")
 
 
-def atomic_save_npy(path: str, arr: np.ndarray) -> None:
-    """``np.save`` to a temporary name in the same directory, then ``os.replace`` (readers never see half a file)."""
-    tmp = f"{path}.tmp{os.getpid()}.npy"
-    np.save(tmp, arr)
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: str, obj) -> None:
-    """JSON counterpart of :func:`atomic_save_npy`."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
-
-
 def _prepare_cache(cache_dir: str, index: dict) -> None:
     os.makedirs(cache_dir, exist_ok=True)
     index_path = os.path.join(cache_dir, "index.json")
@@ -170,7 +156,7 @@ def _prepare_cache(cache_dir: str, index: dict) -> None:
             raise ValueError(f"feature cache {cache_dir} was made for a different job (differs in {diff}); use "
                              "another cache_dir or delete this one")
     else:
-        atomic_write_json(index_path, index)
+        atomic_write_json(index_path, index, indent=1)
 
 
 def _decode_worker(jobs, preprocess, out_q: queue.Queue, stop: threading.Event):
@@ -278,7 +264,7 @@ def extract_features(paths: Sequence[str | os.PathLike], *, backbone: Backbone, 
             if start + batch_size >= hi:  # shard complete (batches of a shard arrive in order)
                 if cache_dir is not None:
                     # failures first, features last: the .npy's presence marks a complete shard.
-                    atomic_write_json(os.path.join(cache_dir, f"shard_{s:05d}.failed.json"), failed)
+                    atomic_write_json(os.path.join(cache_dir, f"shard_{s:05d}.failed.json"), failed, indent=1)
                     atomic_save_npy(os.path.join(cache_dir, f"shard_{s:05d}.npy"), feats)
                 done[s] = pending.pop(s)
                 rate = n_computed / max(time.perf_counter() - t0, 1e-9)
@@ -301,3 +287,4 @@ def extract_features(paths: Sequence[str | os.PathLike], *, backbone: Backbone, 
     logging.info("extracted %d images (%d computed, %d from cache, %d failed) at %.1f images/s", n, n_computed,
                  n - n_computed, len(failed), rate)
     return ExtractionResult(features=features, ok=ok, failed=failed, images_per_second=rate, n_computed=n_computed)
+

@@ -122,7 +122,7 @@ class _PointwiseConv(nn.Module):
         return jnp.einsum("nhwc,cd->nhwd", x, kernel[0, 0]) + bias
 
 
-class _QConv(nn.Module):
+class QConv(nn.Module):
     """Convolution + bias [+ BatchNorm] (+ ReLU6), optionally re-quantising its output like the uint8 interpreter.
 
     ``batch_norm`` inserts a BatchNorm after the (folded) convolution, for fine-tuning with batch statistics
@@ -181,9 +181,9 @@ class InvertedResidual(nn.Module):
         hidden = self.in_channels * self.expansion
         y = x
         if self.expansion != 1:
-            y = _QConv(hidden, 1, name="expand", **kw)(y, train=train)
-        y = _QConv(hidden, 3, stride=self.stride, groups=hidden, name="depthwise", **kw)(y, train=train)
-        y = _QConv(self.out_channels, 1, relu6=False, name="project", **kw)(y, train=train)
+            y = QConv(hidden, 1, name="expand", **kw)(y, train=train)
+        y = QConv(hidden, 3, stride=self.stride, groups=hidden, name="depthwise", **kw)(y, train=train)
+        y = QConv(self.out_channels, 1, relu6=False, name="project", **kw)(y, train=train)
         if self.stride == 1 and self.in_channels == self.out_channels:
             y = y + x
             if self.emulate_uint8:
@@ -221,10 +221,10 @@ class MobileNetV2(nn.Module):
         if self.emulate_uint8:
             qp = self.variable("quant", "input", lambda: jnp.array([1.0, 0.0], jnp.float32)).value
             x = _fake_quant(x, qp[0].astype(x.dtype), qp[1].astype(x.dtype))
-        x = _QConv(32, 3, stride=2, emulate_uint8=self.emulate_uint8, name="Conv")(x)
+        x = QConv(32, 3, stride=2, emulate_uint8=self.emulate_uint8, name="Conv")(x)
         for name, t, c_in, c_out, s in BLOCKS:
             x = InvertedResidual(t, c_in, c_out, s, emulate_uint8=self.emulate_uint8, name=name)(x)
-        x = _QConv(NUM_FEATURES, 1, emulate_uint8=self.emulate_uint8, name="Conv_1")(x)
+        x = QConv(NUM_FEATURES, 1, emulate_uint8=self.emulate_uint8, name="Conv_1")(x)
         features = jnp.mean(x, axis=(1, 2))
         if self.emulate_uint8:
             qp = self.variable("quant", "avgpool", lambda: jnp.array([1.0, 0.0], jnp.float32)).value

@@ -7,7 +7,7 @@ Features: MobileNetV2 1280-d pre-logits (TFLite weights, $DCCA_MOBILENET_TFLITE 
 -> auto-encoder 300-d; tags -> skip-gram -> 100 deep words (bag, tf-idf). 500 training images are held out
 for early stopping and model choice; the 499 test images are used once.
 """
-from configs import default
+from experiments.configs import default
 
 
 def get_config():

@@ -11,15 +11,11 @@ JEC and the most-frequent row do not depend on the CNN features and are left out
 """
 
 
-def get_config():
-    import importlib.util
-    import pathlib
+from experiments.configs import corel5k_baselines
 
-    spec = importlib.util.spec_from_file_location(
-        "corel5k_baselines_default", pathlib.Path(__file__).with_name("corel5k_baselines.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_config()
+
+def get_config():
+    c = corel5k_baselines.get_config()
     c.features_path = "/work/cache/recommend/corel5k_mnv2_tflite_centercrop.npz"
     c.features_ready = ""
     c.methods = [m for m in c.methods if m not in ("most_frequent", "jec")]

@@ -11,11 +11,27 @@ Every size is "auto" (dcca_jax/sizes.py): on this dataset (44 words, 960 trainin
 resolve to themselves: code 128, 24 deep words, 20 components everywhere, DCCA batch 200, PCA 128.
 Check the sizes on other data in seconds with experiments/check_data.py.
 """
+import os
+import pathlib
+
 from dcca_jax import pipeline
+
+TFLITE_NAME = "mobilenet_v2_1.0_224_quant.tflite"
+
+
+def default_tflite_path() -> str:
+    """Where the MobileNetV2 TFLite weights are looked for: ``$DCCA_MOBILENET_TFLITE``, else
+    ``../shared/models/mobilenet_v2_1.0_224_quant/`` beside the repository."""
+    env = os.environ.get("DCCA_MOBILENET_TFLITE")
+    if env:
+        return env
+    repo = pathlib.Path(__file__).resolve().parents[2]
+    return str(repo.parent / "shared" / "models" / "mobilenet_v2_1.0_224_quant" / TFLITE_NAME)
 
 
 def get_config():
-    c = pipeline.default_config()
+    c = pipeline.pipeline_config()
+    c.visual.tflite_path = default_tflite_path()
     c.data.kind = "synthetic"
     c.data.synthetic.n_images = 1200
     c.data.synthetic.image_size = 128

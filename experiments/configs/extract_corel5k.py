@@ -14,13 +14,13 @@ import os
 
 import ml_collections
 
-from dcca_jax import visual_view
+from experiments.studies import extract_features
 
 SHARED = os.environ.get("DCCA_SHARED", "../shared")
 
 
 def get_config() -> ml_collections.ConfigDict:
-    c = visual_view.default_config()
+    c = extract_features.extract_features_config()
     c.data.root = os.path.join(SHARED, "data", "corel5k")
     c.model.backbone = "mobilenet_v2"
     c.model.mobilenet_v2.tflite_path = os.path.join(

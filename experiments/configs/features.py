@@ -6,7 +6,7 @@ r"""Precomputed features (.npy) plus a label matrix, for any dataset (e.g. Corel
 The folder layout is described in BUILD.md (train/test features, label matrices, vocabulary). With no
 images, the visual view is the given features (through the auto-encoder) and JEC is not available.
 """
-from configs import corel5k
+from experiments.configs import corel5k
 
 
 def get_config():

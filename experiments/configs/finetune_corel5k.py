@@ -1,6 +1,6 @@
 r"""DCCA from pixels on Corel5k: fine-tuned MobileNetV2 vs frozen-feature DCCA vs linear CCA, three seeds.
 
-  PYTHONPATH=$PWD python experiments/finetune_corel5k.py --config=experiments/configs/finetune_corel5k.py \
+  python experiments/finetune_corel5k.py --config=experiments/configs/finetune_corel5k.py \
       --workdir=runs/corel5k_finetune
 
 Needs ../shared/data/corel5k (images and annotations) and the MobileNetV2 TFLite file at ``weights``.

@@ -1,9 +1,9 @@
 r"""A tiny, CPU-friendly version of finetune_corel5k.py (400 training images at 32 px, one epoch, two seeds).
 
-  PYTHONPATH=$PWD python experiments/finetune_corel5k.py --config=experiments/configs/finetune_corel5k_test.py \
+  python experiments/finetune_corel5k.py --config=experiments/configs/finetune_corel5k_test.py \
       --workdir=/tmp/finetune_test
 
-Runs in about a minute; the numbers mean nothing (tests/test_finetune_experiment.py).
+Runs in about a minute; the numbers mean nothing (tests/experiments/test_finetune_corel5k.py).
 """
 from experiments.configs import finetune_corel5k
 

@@ -6,7 +6,7 @@ r"""Your own photos: a folder of images with a tags.tsv (file name TAB space-sep
 Split: train_list.txt / test_list.txt in the folder when present, else a seeded 80/20 split
 (--config.data.options.test_fraction=0.2). See BUILD.md for the tags.tsv format.
 """
-from configs import default
+from experiments.configs import default
 
 
 def get_config():

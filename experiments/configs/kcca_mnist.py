@@ -1,14 +1,14 @@
 r"""Kernel CCA on MNIST halves (RBF, Nystrom), hyperparameters selected on a 10k validation split.
 
-  PYTHONPATH=$PWD .venv/bin/python experiments/kcca_mnist.py \
-      --config=experiments/configs/kcca_mnist.py --data=../shared/data/mnist/mnist.npz --out=runs/kcca_mnist
+  .venv/bin/python experiments/kcca_mnist.py \
+      --config=experiments/configs/kcca_mnist.py --data=../shared/data/mnist/mnist.npz --workdir=runs/kcca_mnist
 
 Expected (see README, MNIST halves): test total correlation of the 50 components about 40 (published
 KCCA 33.0, linear CCA 28.0).
 """
 import ml_collections
 
-from dcca_jax.data.mnist import kcca_mnist_config
+from experiments.studies.mnist_halves import kcca_mnist_config
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -1,7 +1,7 @@
 r"""MNIST left/right halves: linear CCA, KCCA and DCCA (392-1024-1024-50 ReLU towers), 50 dims.
 
-  PYTHONPATH=$PWD python experiments/mnist_halves.py --config=experiments/configs/mnist_halves.py \
-      --config.data_path=../shared/data/mnist/mnist.npz --config.workdir=runs/mnist_halves
+  python experiments/mnist_halves.py --config=experiments/configs/mnist_halves.py \
+      --config.data_path=../shared/data/mnist/mnist.npz --workdir=runs/mnist_halves
 
 Expected (test totals, 50 dims): linear CCA ~27.7, DCCA >= 45 with the default trace-norm objective.
 Set ``--config.objectives=trace_norm`` to fit only the default objective.
@@ -11,8 +11,8 @@ import pathlib
 
 import ml_collections
 
-from dcca_jax.models.dcca import DeepCCA
-from dcca_jax.data.mnist import kcca_mnist_config
+from dcca_jax.models.dcca import dcca_config
+from experiments.studies.mnist_halves import kcca_mnist_config
 
 _SHARED = pathlib.Path(os.environ.get("DCCA_SHARED", pathlib.Path(__file__).resolve().parents[2] / "shared"))
 
@@ -20,7 +20,6 @@ _SHARED = pathlib.Path(os.environ.get("DCCA_SHARED", pathlib.Path(__file__).reso
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.data_path = str(_SHARED / "data" / "mnist" / "mnist.npz")
-    c.workdir = "runs/mnist_halves"
     c.n_components = 50
     c.n_val = 10000  # DCCA: the last 10k training images, for early stopping; KCCA: its own validation split
     c.run_linear = True
@@ -28,7 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.run_kcca = True
     c.kcca = kcca_mnist_config()  # the KernelCCA config given to dcca_jax.data.mnist.fit_kcca_mnist
     c.objectives = ("trace_norm", "top_k", "frobenius", "sum_squares", "eq6")
-    d = DeepCCA.default_config()
+    d = dcca_config()
     d.towers.visual_hidden = (1024, 1024)
     d.towers.semantic_hidden = (1024, 1024)
     d.towers.out_dim = 50

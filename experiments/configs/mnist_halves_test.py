@@ -1,13 +1,12 @@
 r"""Tiny CPU smoke config of the MNIST halves experiment (seconds; numbers are meaningless).
 
-  PYTHONPATH=$PWD python experiments/mnist_halves.py --config=experiments/configs/mnist_halves_test.py
+  python experiments/mnist_halves.py --config=experiments/configs/mnist_halves_test.py --workdir=/tmp/mnist_halves_test
 """
 from experiments.configs import mnist_halves
 
 
 def get_config():
     c = mnist_halves.get_config()
-    c.workdir = "runs/mnist_halves_test"
     c.n_components = 5
     c.n_val = 500
     c.run_kcca = False

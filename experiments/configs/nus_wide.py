@@ -6,7 +6,7 @@ r"""NUS-WIDE in its official release layout (ImageList/, NUS_WID_Tags/, Groundtr
 Tags: the 1,000-tag list of the release; 269,648 images (MobileNetV2 extraction takes hours on a CPU:
 run it on a GPU, see BUILD.md). KCCA uses the Nystrom solver; DCCA trains in minibatches.
 """
-from configs import corel5k
+from experiments.configs import corel5k
 
 
 def get_config():

@@ -18,5 +18,5 @@ def get_config() -> ml_collections.ConfigDict:
     c.dataset.kind = "corel5k"  # corel5k | image_folder | nus_wide | features
     c.dataset.root = "../shared/data/corel5k"
     c.dataset.check_images = False  # the semantic view needs only the tags
-    c.semantic = deepwords.default_config()
+    c.semantic = deepwords.semantic_config()
     return c

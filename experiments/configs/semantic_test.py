@@ -13,7 +13,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.dataset = ml_collections.ConfigDict()
     c.dataset.kind = "image_folder"
     c.dataset.root = ""
-    c.semantic = deepwords.default_config()
+    c.semantic = deepwords.semantic_config()
     c.semantic.n_clusters = 8
     c.semantic.kmeans_n_init = 2
     c.semantic.skipgram.vector_size = 16

@@ -1,6 +1,6 @@
 r"""A tiny synthetic dataset for tests (40 images, 64x64).
 
-  python experiments/make_synthetic.py --config=experiments/configs/synthetic_test.py --out=/tmp/synth
+  python experiments/make_synthetic.py --config=experiments/configs/synthetic_test.py --workdir=/tmp/synth
 """
 import ml_collections
 
@@ -8,7 +8,7 @@ from dcca_jax.data import synthetic
 
 
 def get_config() -> ml_collections.ConfigDict:
-    c = synthetic.default_config()
+    c = synthetic.synthetic_config()
     c.n_images = 40
     c.image_size = 64
     return c

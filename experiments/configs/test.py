@@ -7,8 +7,8 @@ Small targets for the "auto" sizes, and recommend.n_tags="auto" (the rounded mea
 the same config runs on any dataset (tests/test_pipeline_family.py: 2 to 1,000 words, single-tag images,
 8-d features, 40 images).
 """
-from configs import default
 from dcca_jax import sizes
+from experiments.configs import default
 
 
 def get_config():

@@ -2,6 +2,7 @@
 import numpy as np
 
 from dcca_jax.baselines import cca_knn, general_cca
+from tests.conftest import outputs_of_fresh_processes
 
 
 def test_mean_tag_vectors_hand_case():
@@ -37,3 +38,36 @@ def test_fit_leaves_untagged_images_out():
                                       n_components=3, ridge_v=1e-3, ridge_s=1e-3)
     np.testing.assert_allclose(m.correlations, ref.correlations, rtol=1e-10)
     assert cca_knn.cca_knn_config().transfer.corr_power == 4.0
+
+
+_CHILD = """
+import sys
+import numpy as np
+from dcca_jax.baselines import cca_knn
+rng = np.random.default_rng(0)
+y = (rng.random((60, 8)) < 0.4).astype(np.int8)
+np.save(sys.argv[1], cca_knn.train_tag_word2vec(y, [f"w{i}" for i in range(8)], dim=8, epochs=3, seed=2))
+"""
+
+
+def test_tag_word2vec_is_identical_in_two_processes(tmp_path):
+    # Different hash salts: only a process-independent hash function (skipgram.stable_hash) gives equal vectors.
+    outs = [np.load(p) for p in outputs_of_fresh_processes(_CHILD, tmp_path, suffix=".npy")]
+    assert outs[0].shape == (8, 8) and np.all(np.linalg.norm(outs[0], axis=1) > 0)
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_tag_word2vec_is_gensim_skipgram_with_the_stable_hash():
+    # The oracle: gensim's Word2Vec called directly with CCA-KNN's settings (the vectors CCA-KNN always had).
+    from gensim.models import Word2Vec
+
+    from dcca_jax.semantic import skipgram
+
+    rng = np.random.default_rng(1)
+    y = (rng.random((50, 6)) < 0.5).astype(np.int8)
+    words = [f"t{i}" for i in range(6)]
+    got = cca_knn.train_tag_word2vec(y, words, dim=8, epochs=4, seed=3)
+    sentences = [[words[w] for w in np.flatnonzero(row)] for row in y if row.any()]
+    ref = Word2Vec(sentences, vector_size=8, window=5, sg=1, min_count=1, negative=5, sample=0, epochs=4, seed=3,
+                   workers=1, hashfxn=skipgram.stable_hash)
+    np.testing.assert_array_equal(got, np.stack([ref.wv[w] for w in words]))

@@ -1,4 +1,4 @@
-"""MNIST halves loader and split (the fit itself is measured by experiments/kcca_mnist.py)."""
+"""MNIST halves loader (the fits are the study, tests/experiments/test_mnist_halves.py)."""
 import numpy as np
 import pytest
 from tests.conftest import shared_path
@@ -28,11 +28,3 @@ def test_missing_file_and_bad_content(tmp_path):
     with pytest.raises(ValueError, match="lacks \\['y_train', 'x_test', 'y_test'\\]"):
         mnist.load_mnist_halves(tmp_path / "bad.npz")
 
-
-def test_validation_split():
-    fit, val = mnist.validation_split(100, 30, seed=1)
-    assert len(fit) == 70 and len(val) == 30
-    assert np.array_equal(np.sort(np.concatenate([fit, val])), np.arange(100))
-    assert np.array_equal(val, mnist.validation_split(100, 30, seed=1)[1])
-    with pytest.raises(ValueError, match="n_val=100 must be between 1 and n - 1 = 99"):
-        mnist.validation_split(100, 100)

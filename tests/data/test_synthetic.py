@@ -61,7 +61,7 @@ def test_render_puts_the_object_where_it_belongs():
 
 
 def test_noise_rates():
-    cfg = synthetic.default_config()
+    cfg = synthetic.synthetic_config()
     clean = ["sky", "circle", "red", "sun"]
     cfg.missing_rate, cfg.confusion_rate, cfg.noise_rate = 0.0, 0.0, 0.0
     assert synthetic.noisy_tags(clean, np.random.default_rng(0), config=cfg) == clean
@@ -76,7 +76,7 @@ def test_noise_rates():
 
 
 def _small(**kw):
-    cfg = synthetic.default_config()
+    cfg = synthetic.synthetic_config()
     cfg.n_images, cfg.image_size = 12, 48
     cfg.update(kw)
     return cfg

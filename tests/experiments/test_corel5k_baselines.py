@@ -1,7 +1,6 @@
 """The Corel5k baseline study end to end on a tiny dataset in the Corel5k layout, and on the real labels."""
 import json
 import pathlib
-import sys
 
 import numpy as np
 import pytest
@@ -10,10 +9,8 @@ from PIL import Image
 
 from tests.conftest import shared_path
 from dcca_jax.tagging import metrics
-from dcca_jax.baselines import corel5k
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "experiments" / "configs"))
-import corel5k_baselines as study_config  # noqa: E402
+from experiments.configs import corel5k_baselines as study_config
+from experiments.studies import corel5k_baselines as corel5k
 
 
 def _fixture(root: pathlib.Path, n_train=80, n_test=16, n_words=8, seed=0):

@@ -23,7 +23,7 @@ def _run(args, tmp_path):
 @pytest.mark.slow  # two subprocesses importing jax: about 15 s
 def test_make_synthetic_then_semantic_view(tmp_path):
     data = tmp_path / "synth"
-    _run(["experiments/make_synthetic.py", "--config=experiments/configs/synthetic_test.py", f"--out={data}"], tmp_path)
+    _run(["experiments/make_synthetic.py", "--config=experiments/configs/synthetic_test.py", f"--workdir={data}"], tmp_path)
     d = datasets.load_image_folder(data)
     assert len(d.train) + len(d.test) == 40
     work = tmp_path / "sem"

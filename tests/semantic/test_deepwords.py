@@ -108,7 +108,7 @@ def _corpus(seed, n):
 
 
 def test_semantic_view_entry_point_and_round_trip(tmp_path):
-    cfg = dw.default_config()
+    cfg = dw.semantic_config()
     cfg.n_clusters = 4
     cfg.skipgram.vector_size = 16
     cfg.skipgram.epochs = 10

@@ -1,18 +1,13 @@
 """Skip-gram tag vectors: co-occurrence geometry, determinism across processes, save/load round trip."""
 from __future__ import annotations
 
-import os
-import pathlib
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
 
 from dcca_jax.semantic import skipgram
-
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+from tests.conftest import outputs_of_fresh_processes
 
 
 def _corpus(seed=0, n=400):
@@ -33,7 +28,7 @@ def _corpus(seed=0, n=400):
 
 
 def _small_config(**kw):
-    cfg = skipgram.default_config()
+    cfg = skipgram.skipgram_config()
     cfg.vector_size = 16
     cfg.epochs = 10
     cfg.repeats = 3
@@ -97,30 +92,24 @@ _CHILD = textwrap.dedent(
     """
     import sys
     import numpy as np
-    sys.path.insert(0, sys.argv[1])
     from dcca_jax.semantic import skipgram
     rng = np.random.default_rng(0)
     corpus = [[f"t{j}" for j in rng.choice(30, size=4, replace=False)] for _ in range(200)]
-    cfg = skipgram.default_config()
+    cfg = skipgram.skipgram_config()
     cfg.vector_size = 8
     cfg.epochs = 2
     wv = skipgram.train_skipgram(corpus, config=cfg)
-    skipgram.save_word_vectors(sys.argv[2], wv)
+    skipgram.save_word_vectors(sys.argv[1], wv)
     """
 )
 
 
 def test_deterministic_across_processes_and_hash_seeds(tmp_path):
-    outs = []
-    for salt in ("1", "12345"):
-        env = dict(os.environ, PYTHONHASHSEED=salt, JAX_PLATFORMS="cpu")
-        out = tmp_path / f"wv{salt}.npz"
-        subprocess.run([sys.executable, "-c", _CHILD, str(ROOT), str(out)], check=True, env=env, timeout=120)
-        outs.append(skipgram.load_word_vectors(out))
+    outs = [skipgram.load_word_vectors(p) for p in outputs_of_fresh_processes(_CHILD, tmp_path)]
     assert outs[0].words == outs[1].words
     np.testing.assert_array_equal(outs[0].vectors, outs[1].vectors)
     # A different seed gives different vectors (the test can fail if seeding were ignored).
-    cfg = skipgram.default_config()
+    cfg = skipgram.skipgram_config()
     cfg.vector_size, cfg.epochs, cfg.seed = 8, 2, 1
     rng = np.random.default_rng(0)
     corpus = [[f"t{j}" for j in rng.choice(30, size=4, replace=False)] for _ in range(200)]

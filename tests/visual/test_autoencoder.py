@@ -34,7 +34,7 @@ def _svd_pca(x_train, x_eval, k):
 
 
 def _small_config(**kw):
-    c = ae.default_config()
+    c = ae.autoencoder_config()
     c.hidden_sizes = (64,)
     c.code_dim = 2
     c.activation = "tanh"
@@ -148,6 +148,51 @@ def test_deterministic_for_a_seed():
     leaves = [jax.tree_util.tree_leaves(f.params) for f in fits]
     assert all(np.array_equal(a, b) for a, b in zip(leaves[0], leaves[1]))
     assert not all(np.array_equal(a, b) for a, b in zip(leaves[0], leaves[2]))
+
+
+def _to_legacy_workdir(workdir, config, n_train, n_val, d):
+    """Rewrites a workdir into the layout written before dcca_jax.training: the fingerprint in job.json (the whole
+    config), checkpoint metadata without one."""
+    import json
+    import shutil
+
+    import orbax.checkpoint as ocp
+
+    ckpts = (workdir / "checkpoints").resolve()
+    mngr = ocp.CheckpointManager(ckpts)
+    step = mngr.latest_step()
+    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                          meta=ocp.args.JsonRestore()))
+    mngr.close()
+    meta = {k: v for k, v in restored["meta"].items() if k != "fingerprint"}
+    shutil.rmtree(ckpts)
+    mngr = ocp.CheckpointManager(ckpts, options=ocp.CheckpointManagerOptions(max_to_keep=2))
+    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(restored["state"]),
+                                            meta=ocp.args.JsonSave(meta)))
+    mngr.wait_until_finished()
+    mngr.close()
+    job = {"config": json.loads(config.to_json()), "n_train": n_train, "n_val": n_val, "d": d}
+    (workdir / "job.json").write_text(json.dumps(job))
+
+
+def test_a_workdir_of_the_old_layout_resumes_exactly(tmp_path):
+    x = _manifold(300, 3, d=8)
+    cfg6 = _small_config(max_epochs=6, checkpoint_every=2, patience=100, hidden_sizes=(16,))
+    full = ae.fit_autoencoder(x, config=cfg6)
+    cfg4 = _small_config(max_epochs=4, checkpoint_every=2, patience=100, hidden_sizes=(16,))
+    ae.fit_autoencoder(x, config=cfg4, workdir=str(tmp_path / "run"))
+    _to_legacy_workdir(tmp_path / "run", cfg4, 270, 30, 8)
+    resumed = ae.fit_autoencoder(x, config=cfg6, workdir=str(tmp_path / "run"))
+    assert [h["epoch"] for h in resumed.history] == list(range(1, 7))
+    for a, b in zip(jax.tree_util.tree_leaves(full.params), jax.tree_util.tree_leaves(resumed.params)):
+        np.testing.assert_array_equal(a, b)
+    # the legacy fingerprint is still checked
+    other = _small_config(max_epochs=4, checkpoint_every=2, patience=100, hidden_sizes=(16,))
+    ae.fit_autoencoder(x, config=other, workdir=str(tmp_path / "old"))
+    _to_legacy_workdir(tmp_path / "old", other, 270, 30, 8)
+    with pytest.raises(ValueError, match=r"different auto-encoder job.*config\.code_dim: 2 in the checkpoint, 3 now"):
+        ae.fit_autoencoder(x, config=_small_config(max_epochs=6, hidden_sizes=(16,), code_dim=3),
+                           workdir=str(tmp_path / "old"))
 
 
 def test_principal_axes_of_few_rows_match_the_svd():

@@ -103,7 +103,7 @@ def test_alexnet_backbone_through_config(image_files, tmp_path):
 
     sd = random_state_dict("torchvision", 1 / 16, 5)
     np.savez(tmp_path / "a.npz", **sd)
-    cfg = extract.default_backbone_config()
+    cfg = extract.backbone_config()
     cfg.backbone = "alexnet"
     cfg.alexnet.weights_path = str(tmp_path / "a.npz")
     bb = extract.build_backbone(cfg)
@@ -117,11 +117,11 @@ def test_alexnet_backbone_through_config(image_files, tmp_path):
 
 
 def test_bad_config():
-    cfg = extract.default_backbone_config()
+    cfg = extract.backbone_config()
     cfg.backbone = "vgg16"
     with pytest.raises(ValueError, match="unknown backbone 'vgg16'"):
         extract.build_backbone(cfg)
-    cfg = extract.default_backbone_config()
+    cfg = extract.backbone_config()
     with pytest.raises(ValueError, match="tflite_path is empty"):
         extract.build_backbone(cfg)
     assert isinstance(cfg, ml_collections.ConfigDict)

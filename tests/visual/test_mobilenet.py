@@ -161,7 +161,7 @@ def test_uint8_emulation_agrees_on_200_photos_through_extract():
     model_path = shared_path(*MODEL)
     _, paths = images.read_list_file(shared_path("data", "corel5k", "corel5k_test_list.txt"))
     paths = paths[:200]
-    cfg = extract.default_backbone_config()
+    cfg = extract.backbone_config()
     cfg.mobilenet_v2.tflite_path = str(model_path)
     res = extract.extract_features(paths, backbone=extract.build_backbone(cfg), batch_size=50)
     assert res.ok.all()

@@ -121,8 +121,10 @@ class _Split:
     y_eval: np.ndarray
 
 
-def _eval_scores(scores, truth, n_tags) -> tuple[dict[str, float], np.ndarray]:
-    pred = np.asarray(metrics.top_n_indicator(jnp.asarray(scores), n=n_tags))
+def _eval_scores(scores, truth, n_tags, train_labels) -> tuple[dict[str, float], np.ndarray]:
+    """Metrics of the package's one top-n rule (``recommend.select_tags``; prior = ``train_labels``)."""
+    pred = np.asarray(recommend.recommend_indicator(jnp.asarray(scores), n=n_tags,
+                                                    prior=recommend.tag_prior(train_labels)))
     return metrics.to_python(metrics.evaluate(pred, truth)), pred
 
 
@@ -131,7 +133,7 @@ def _select(name: str, candidates: list[dict[str, Any]], score_fn: Callable[[dic
     """Best candidate by ``select_metric`` on the validation part (first one on ties)."""
     best, best_m, best_v = None, None, -np.inf
     for c in candidates:
-        m, _ = _eval_scores(score_fn(c), split.y_eval, n_tags)
+        m, _ = _eval_scores(score_fn(c), split.y_eval, n_tags, split.y_fit)
         if m[select_metric] > best_v:
             best, best_m, best_v = c, m, m[select_metric]
     logging.info("%s: %d candidates on validation, best %s = %.4f with %s", name, len(candidates), select_metric,
@@ -211,7 +213,7 @@ def run_corel5k_baselines(config: ml_collections.ConfigDict, workdir: str | os.P
     test_preds: dict[str, np.ndarray] = {}
 
     def record(name, hp, val_m, n_cand, test_scores, seconds, extra=None):
-        test_m, pred = _eval_scores(test_scores, y_te, n_tags)
+        test_m, pred = _eval_scores(test_scores, y_te, n_tags, y_tr)
         test_preds[name] = pred
         results["methods"][name] = {"hyperparameters": hp, "n_candidates": n_cand, "validation": val_m,
                                     "test": test_m, "seconds": round(seconds, 1), **(extra or {})}
@@ -223,7 +225,7 @@ def run_corel5k_baselines(config: ml_collections.ConfigDict, workdir: str | os.P
     # ---------------------------------------------------------------- most frequent tags (no hyperparameters)
     if "most_frequent" in methods:
         freq = y_tr[fit_idx].sum(0)
-        val_m, _ = _eval_scores(np.tile(freq, (len(val_idx), 1)), y_tr[val_idx], n_tags)
+        val_m, _ = _eval_scores(np.tile(freq, (len(val_idx), 1)), y_tr[val_idx], n_tags, y_tr[fit_idx])
         record("most_frequent", {}, val_m, 1, np.tile(y_tr.sum(0), (len(y_te), 1)), time.time() - t0)
 
     # ---------------------------------------------------------------- JEC (image features, no CNN)
@@ -333,7 +335,7 @@ def run_corel5k_baselines(config: ml_collections.ConfigDict, workdir: str | os.P
                 test_scores = full_cache.scores(s_hp, t_hp, e_full)
                 per_seed.append((seed, hp, val_m, n_c, test_scores))
             seed, hp, val_m, n_c, test_scores = per_seed[0]
-            seed_metrics = [_eval_scores(p[4], y_te, n_tags)[0] for p in per_seed]
+            seed_metrics = [_eval_scores(p[4], y_te, n_tags, y_tr)[0] for p in per_seed]
             spread = {k: {"mean": float(np.mean([m[k] for m in seed_metrics])),
                           "std": float(np.std([m[k] for m in seed_metrics]))} for k in metrics.METRIC_KEYS}
             record("cca_knn", hp | {"w2v_seed": seed}, val_m, n_c, test_scores, time.time() - t0,

@@ -1,7 +1,7 @@
 r"""Chunked cosine top-k (dcca_jax.tagging.recommend.chunked_topk): wall time and XLA's compiled memory use.
 
-  python experiments/bench_topk.py --n_queries=100000 --n_items=200000 --dim=64 --k=10 \
-      --out=results/bench/topk.json
+  python experiments/bench/topk.py --n_queries=100000 --n_items=200000 --dim=64 --k=10 \
+      --workdir=results/bench   # -> topk_<n_queries/1000>k_<n_items/1000>k.json
 
 Writes JSON (and Markdown next to it) with the compiled temporary / argument / output sizes from
 ``jax.jit(...).lower(...).compile().memory_analysis()``, the dense similarity matrix size it avoids, and the
@@ -25,7 +25,7 @@ _K = flags.DEFINE_integer("k", 10, "Neighbours.")
 _QC = flags.DEFINE_integer("query_chunk", 1024, "Queries per chunk.")
 _IC = flags.DEFINE_integer("item_chunk", 16384, "Items per chunk.")
 _REPEATS = flags.DEFINE_integer("repeats", 1, "Timed runs after the warm-up.")
-_OUT = flags.DEFINE_string("out", "results/bench/topk.json", "Output JSON path (Markdown alongside).")
+_WORKDIR = flags.DEFINE_string("workdir", "results/bench", "Output folder: topk_<queries>k_<items>k.json and .md go there.")
 
 
 def main(argv):
@@ -56,7 +56,7 @@ def main(argv):
         "queries_per_s": _NQ.value / min(times) if times else None,
     }
     logging.info("%s", res)
-    out = pathlib.Path(_OUT.value)
+    out = pathlib.Path(_WORKDIR.value) / f"topk_{_NQ.value // 1000}k_{_NI.value // 1000}k.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2))
     out.with_suffix(".md").write_text(

@@ -5,7 +5,7 @@ cca-zoo's linear ``CCA`` and scikit-learn's ``CCA`` (peers are only in the bench
 ``make bench``). Reports steady-state fit time (median of repeats), jit compile time separately,
 time ratios and the agreement of the summed training correlations.
 
-  .venv-bench/bin/python experiments/bench_cca.py --out=results/bench/cca.json
+  .venv-bench/bin/python experiments/bench/cca.py --workdir=results/bench
 """
 import json
 import os
@@ -21,7 +21,7 @@ from absl import app, flags
 from dcca_jax import fit_linear_cca, paired_correlations
 from dcca_jax.data.synthetic import correlated_views
 
-_OUT = flags.DEFINE_string("out", "results/bench/cca.json", "JSON output path (a .md table is written beside it).")
+_WORKDIR = flags.DEFINE_string("workdir", "results/bench", "Output folder: cca.json and cca.md go there.")
 _N = flags.DEFINE_integer("n", 5000, "Samples.")
 _K = flags.DEFINE_integer("k", 20, "Components.")
 _REPEATS = flags.DEFINE_integer("repeats", 10, "Timed repeats per method (sklearn: 1).")
@@ -110,7 +110,7 @@ def main(argv):
                     "jax": jax.__version__, "backend": jax.default_backend()},
         "rows": rows,
     }
-    out = pathlib.Path(_OUT.value)
+    out = pathlib.Path(_WORKDIR.value) / "cca.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     lines = [f"Linear CCA fit, n={n}, 300 x 260 dims, {k} components (load avg {os.getloadavg()[0]:.2f})", "",

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 from tests.conftest import shared_path
 
-from dcca_jax import finetune_experiment
 from dcca_jax.tagging import metrics
 from experiments.configs import finetune_corel5k_test
+from experiments.studies import finetune_corel5k
 
 
 def test_split_matches_the_baselines_split():
-    fit, val = finetune_experiment.split_indices(4500, val_size=500, seed=0)
+    fit, val = finetune_corel5k.split_indices(4500, val_size=500, seed=0)
     perm = np.random.default_rng(0).permutation(4500)  # corel5k_baselines' split code
     np.testing.assert_array_equal(val, np.sort(perm[:500]))
     np.testing.assert_array_equal(fit, np.sort(perm[500:]))
@@ -22,11 +22,11 @@ def test_study_runs_on_test_config(tmp_path):
     c = finetune_corel5k_test.get_config()
     c.data_dir = str(shared_path("data", "corel5k"))
     c.weights = str(shared_path("models", "mobilenet_v2_1.0_224_quant", "mobilenet_v2_1.0_224_quant.tflite"))
-    res = finetune_experiment.run_finetune_corel5k(c, str(tmp_path))
+    res = finetune_corel5k.run_finetune_corel5k(c, str(tmp_path))
     assert set(res["runs"]) == {"linear_cca", "frozen_dcca_seed0", "frozen_dcca_seed1", "finetune_seed0",
                                 "finetune_seed1"}
     preds = np.load(tmp_path / "test_preds.npz")
-    from dcca_jax.baselines.corel5k import load_corel5k_labels
+    from experiments.studies.corel5k_baselines import load_corel5k_labels
     y_te = load_corel5k_labels(c.data_dir).test_labels[:60]
     for name, r in res["runs"].items():
         assert preds[name].shape == (60, 260) and (preds[name].sum(1) == 5).all()
@@ -37,5 +37,5 @@ def test_study_runs_on_test_config(tmp_path):
     assert json.loads((tmp_path / "results.json").read_text())["summary"]["finetune"]["n_runs"] == 2
     assert "| finetune |" in (tmp_path / "results.md").read_text()
     # a rerun resumes: nothing is retrained, the results are the same
-    again = finetune_experiment.run_finetune_corel5k(c, str(tmp_path))
+    again = finetune_corel5k.run_finetune_corel5k(c, str(tmp_path))
     assert again["runs"]["finetune_seed0"]["test"] == res["runs"]["finetune_seed0"]["test"]

@@ -9,7 +9,7 @@ A gap on the concept words (conjunctions, counts, XOR) and none on the plain wor
 nonlinear correlation model (DCCA) able to beat linear CCA. Also reports linear CCA + 5-NN tag transfer
 on the bag-of-words view, the baseline DCCA has to beat.
 
-  python experiments/bench_synthetic.py --shared=../shared --data=runs/synthetic --out=results/bench/synthetic.json
+  python experiments/bench/synthetic.py --shared=../shared --data=runs/synthetic --workdir=results/bench
 """
 import json
 import pathlib
@@ -21,14 +21,14 @@ import numpy as np
 import optax
 from absl import app, flags, logging
 
-import _measure
+from experiments.bench import measure
 from dcca_jax.data import datasets
 from dcca_jax.data import synthetic
 
 _SHARED = flags.DEFINE_string("shared", "../shared", "The shared data folder.")
 _DATA = flags.DEFINE_string("data", "runs/synthetic", "Synthetic dataset folder (generated when missing).")
 _CACHE = flags.DEFINE_string("cache", "runs/cache", "Where MobileNetV2 features are cached.")
-_OUT = flags.DEFINE_string("out", "results/bench/synthetic.json", "JSON output (a .md is written beside).")
+_WORKDIR = flags.DEFINE_string("workdir", "results/bench", "Output folder: synthetic.json and synthetic.md go there.")
 _SEED = flags.DEFINE_integer("seed", 0, "Probe initialisation seed.")
 _N_IMAGES = flags.DEFINE_integer("n_images", 1200, "Images to generate when --data has none.")
 _NOISELESS = flags.DEFINE_bool("noiseless", False, "Generate with no label noise (missing, confusion, spurious = 0).")
@@ -104,7 +104,7 @@ def main(argv):
     gen_s = None
     if not (data / "tags.tsv").is_file():
         t0 = time.perf_counter()
-        cfg = synthetic.default_config()
+        cfg = synthetic.synthetic_config()
         cfg.n_images = _N_IMAGES.value
         if _NOISELESS.value:
             cfg.missing_rate = cfg.confusion_rate = cfg.noise_rate = 0.0
@@ -114,11 +114,11 @@ def main(argv):
     shared = pathlib.Path(_SHARED.value)
     cache = pathlib.Path(_CACHE.value)
     t0 = time.perf_counter()
-    xtr = _measure.tflite_features(d.train.image_paths, shared=shared, cache=cache)
-    xte = _measure.tflite_features(d.test.image_paths, shared=shared, cache=cache)
+    xtr = measure.tflite_features(d.train.image_paths, shared=shared, cache=cache)
+    xte = measure.tflite_features(d.test.image_paths, shared=shared, cache=cache)
     feat_s = time.perf_counter() - t0
     # Probes see the features reduced to 256 principal components (fitted on train) and standardised.
-    ptr, pte = _measure.pca(xtr, xte, dim=256)
+    ptr, pte = measure.pca(xtr, xte, dim=256)
     sd = ptr.std(0)
     ztr, zte = ptr / sd, pte / sd
     ytr, yte = d.train.labels.astype(np.float32), d.test.labels.astype(np.float32)
@@ -138,15 +138,15 @@ def main(argv):
                                   "test_word_auc": per_word}
         logging.info("%s probe (%d steps): %s", name, best, groups)
     # Linear CCA + 5-NN on the bag-of-words view (ridge chosen on the validation part).
-    pv_fit, pv_va = _measure.pca(xtr[fi], xtr[va], dim=300)
-    scores = {r: _measure.cca_eval(pv_fit, ytr[fi], pv_va, ytr[va], d.train.labels[fi], d.train.labels[va],
+    pv_fit, pv_va = measure.pca(xtr[fi], xtr[va], dim=300)
+    scores = {r: measure.cca_eval(pv_fit, ytr[fi], pv_va, ytr[va], d.train.labels[fi], d.train.labels[va],
                                    n_components=40, ridge_rel=r)["F1"] for r in (0.01, 0.1, 1.0)}
     ridge = max(scores, key=scores.get)
-    pv_tr, pv_te = _measure.pca(xtr, xte, dim=300)
-    result["linear_cca_knn"] = _measure.cca_eval(pv_tr, ytr, pv_te, yte, d.train.labels, d.test.labels,
+    pv_tr, pv_te = measure.pca(xtr, xte, dim=300)
+    result["linear_cca_knn"] = measure.cca_eval(pv_tr, ytr, pv_te, yte, d.train.labels, d.test.labels,
                                                  n_components=40, ridge_rel=ridge)
     result["linear_cca_knn"]["ridge_rel"] = ridge
-    out = pathlib.Path(_OUT.value)
+    out = pathlib.Path(_WORKDIR.value) / "synthetic.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     lin, mlp = result["probes"]["linear"]["test_group_auc"], result["probes"]["mlp"]["test_group_auc"]

@@ -6,7 +6,7 @@ exact accumulation over ``micro_batch x accumulate`` images (two passes through 
 Reports seconds per step, milliseconds per image and the implied epoch time for the 4,000 training images of
 the study (8 steps of 500), plus the evaluation-view forward pass (frozen prefix + trained layers) per image.
 
-  PYTHONPATH=$PWD python experiments/bench_finetune.py --out=results/corel5k_finetune/bench.json \
+  python experiments/bench/finetune.py --workdir=results/corel5k_finetune \
       --settings=160:expanded_conv_13,224:expanded_conv_13
 """
 import json
@@ -27,7 +27,7 @@ from dcca_jax.visual.augment import BatchLoader, DecodedImages
 from dcca_jax.blas import limit_blas_threads
 
 _SHARED = pathlib.Path(os.environ.get("DCCA_SHARED", pathlib.Path(__file__).resolve().parents[1].parent / "shared"))
-_OUT = flags.DEFINE_string("out", "results/corel5k_finetune/bench.json", "JSON path (a .md is written beside it).")
+_WORKDIR = flags.DEFINE_string("workdir", "results/corel5k_finetune", "Output folder: bench.json and bench.md go there.")
 _DATA = flags.DEFINE_string("data", str(_SHARED / "data" / "corel5k"), "Corel5k folder.")
 _WEIGHTS = flags.DEFINE_string("weights", str(_SHARED / "models" / "mobilenet_v2_1.0_224_quant" /
                                               "mobilenet_v2_1.0_224_quant.tflite"), "MobileNetV2 TFLite file.")
@@ -98,7 +98,7 @@ def main(argv):
             parts = s.split(":")
             rows.append(_time_setting(int(parts[0]), parts[1], parts[2] if len(parts) > 2 else "folded", images,
                                       labels, backbone))
-    out = pathlib.Path(_OUT.value)
+    out = pathlib.Path(_WORKDIR.value) / "bench.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
             "load_average": os.getloadavg(), "jax": jax.__version__}

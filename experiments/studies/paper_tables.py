@@ -21,8 +21,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from dcca_jax import report
+from dcca_jax.tagging import recommend
 from dcca_jax.models.base import correlation_score_curve
-from dcca_jax.pipeline import MODEL_TITLES, Pipeline, _atomic_write_text, _jsonable, _model_classes, package_versions
+from dcca_jax._io import atomic_write_text, jsonable, package_versions
+from dcca_jax.pipeline import MODEL_TITLES, Pipeline, model_classes
 
 __all__ = [
     "correlation_study",
@@ -34,8 +36,8 @@ __all__ = [
 
 
 def _write(workdir: pathlib.Path, name: str, payload: dict, markdown: str) -> None:
-    _atomic_write_text(workdir / f"{name}.json", json.dumps(_jsonable(payload), indent=2))
-    _atomic_write_text(workdir / f"{name}.md", markdown + "\n")
+    atomic_write_text(workdir / f"{name}.json", json.dumps(jsonable(payload), indent=2))
+    atomic_write_text(workdir / f"{name}.md", markdown + "\n")
 
 
 def correlation_study(config, workdir: str | os.PathLike, *, progress: bool = False) -> dict:
@@ -45,7 +47,7 @@ def correlation_study(config, workdir: str | os.PathLike, *, progress: bool = Fa
     out = {"table1_correlation": table, "config": config, "versions": package_versions()}
     _write(p.workdir, "table1", out, report.table1_markdown(table))
     report.plot_correlation({"table1_correlation": table}, p.workdir / "table1_ccs.png")
-    return _jsonable(out)
+    return jsonable(out)
 
 
 def recommendation_study(config, workdir: str | os.PathLike, *, progress: bool = False) -> dict:
@@ -55,7 +57,7 @@ def recommendation_study(config, workdir: str | os.PathLike, *, progress: bool =
     out = {"table2_recommendation": table, "config": config, "versions": package_versions()}
     _write(p.workdir, "table2", out, report.table2_markdown(table))
     report.plot_ap_ar({"table2_recommendation": table}, p.workdir / "ap_ar.png")
-    return _jsonable(out)
+    return jsonable(out)
 
 
 def dimension_sweep(config, workdir: str | os.PathLike, *, dims: Sequence[int] = (10, 20, 50, 100, 150),
@@ -105,7 +107,7 @@ def dimension_sweep(config, workdir: str | os.PathLike, *, dims: Sequence[int] =
     if largest is not None:
         fake = {"table2_recommendation": {m: {"ap_ar_curve": c[largest]} for m, c in curves.items()}}
         report.plot_ap_ar(fake, base.workdir / f"fig2_ap_ar_d{largest}.png")
-    return _jsonable(out)
+    return jsonable(out)
 
 
 def examples_gallery(config, workdir: str | os.PathLike, *, model: str = "dcca", n_images: int = 12,
@@ -115,11 +117,12 @@ def examples_gallery(config, workdir: str | os.PathLike, *, model: str = "dcca",
     Images are picked to span the per-image F-measure (worst to best), as the paper's figure does.
     """
     p = Pipeline(config, workdir, progress=progress)
-    data, rows = p.stage_data(), p._rows()
+    data, rows = p.stage_data(), p.rows()
     r = p.recommend_with_model(model)
     scores = r["scores"]
     n_tags = int(p.config.recommend.n_tags)  # resolved from the data
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :n_tags]
+    top = np.asarray(recommend.recommend_top_n(scores, n=n_tags, prior=recommend.tag_prior(p.views().labels["train"]),
+                                               fill=p.config.recommend.get("fill", "prior")))
     vocab = data["dataset"].vocabulary
     test = data["test"]
     items = []
@@ -140,8 +143,8 @@ def examples_gallery(config, workdir: str | os.PathLike, *, model: str = "dcca",
     html_path, png_path = report.gallery(chosen, out_dir, title=f"{MODEL_TITLES[model]} recommendations")
     out = {"items": chosen, "html": str(html_path), "png": str(png_path), "config": config,
            "versions": package_versions()}
-    _atomic_write_text(out_dir / "gallery.json", json.dumps(_jsonable(out), indent=2))
-    return _jsonable(out)
+    atomic_write_text(out_dir / "gallery.json", json.dumps(jsonable(out), indent=2))
+    return jsonable(out)
 
 
 def benchmark_models(config, workdir: str | os.PathLike, *, models: Sequence[str] = ("cca", "kcca", "dcca"),
@@ -153,7 +156,7 @@ def benchmark_models(config, workdir: str | os.PathLike, *, models: Sequence[str
     """
     p = Pipeline(config, workdir, progress=progress)
     views = p.views()
-    classes = _model_classes()
+    classes = model_classes()
     k = int(p.config.eval.ccs_top_k)
     rows = []
     for m in models:
@@ -183,4 +186,4 @@ def benchmark_models(config, workdir: str | os.PathLike, *, models: Sequence[str
         lines.append(f"| {r['model']} | {r['fit_seconds']:.2f} | {r['transform_seconds']:.4f} | "
                      f"{r['ccs_fit']:.3f} (k={r['top_k']}) | {r['ccs_test']:.3f} |")
     _write(p.workdir, "benchmark_models", out, "\n".join(lines))
-    return _jsonable(out)
+    return jsonable(out)

@@ -24,12 +24,13 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from dcca_jax._io import atomic_save_npy, atomic_save_npz, atomic_write_json
 from dcca_jax.visual import autoencoder as ae_lib
 from dcca_jax.visual import extract
 from dcca_jax.visual import images
 
 
-def default_config() -> ml_collections.ConfigDict:
+def extract_features_config() -> ml_collections.ConfigDict:
     """Data, backbone, extraction and auto-encoder settings."""
     c = ml_collections.ConfigDict()
     c.data = ml_collections.ConfigDict()
@@ -37,11 +38,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.train_list = "corel5k_train_list.txt"
     c.data.test_list = "corel5k_test_list.txt"
     c.data.suffix = ".jpeg"
-    c.model = extract.default_backbone_config()
+    c.model = extract.backbone_config()
     c.batch_size = 32
     c.shard_size = 512
     c.prefetch = 3
-    c.autoencoder = ae_lib.default_config()
+    c.autoencoder = ae_lib.autoencoder_config()
     c.train_autoencoder = True
     c.export_npz = ""
     return c
@@ -51,7 +52,7 @@ def build_visual_view(config: ml_collections.ConfigDict, workdir: str, *, progre
     """Run the whole visual-view pipeline (see the module docstring).
 
     Args:
-        config: :func:`default_config` fields.
+        config: :func:`extract_features_config` fields.
         workdir: output directory (created); rerunning resumes from the feature cache and AE checkpoints.
         progress: tqdm bars on stderr.
 
@@ -75,8 +76,8 @@ def build_visual_view(config: ml_collections.ConfigDict, workdir: str, *, progre
                                        shard_size=config.shard_size, progress=progress, prefetch=config.prefetch)
         wall = time.perf_counter() - t0
         feats[split], oks[split], ids_by_split[split] = res.features, res.ok, ids
-        extract.atomic_save_npy(os.path.join(workdir, f"features_{split}.npy"), res.features)
-        extract.atomic_save_npy(os.path.join(workdir, f"ok_{split}.npy"), res.ok)
+        atomic_save_npy(os.path.join(workdir, f"features_{split}.npy"), res.features)
+        atomic_save_npy(os.path.join(workdir, f"ok_{split}.npy"), res.ok)
         with open(os.path.join(workdir, f"ids_{split}.txt"), "w", encoding="utf-8") as f:
             f.write("\n".join(ids) + "\n")
         all_failed += [{**f, "split": split} for f in res.failed]
@@ -84,13 +85,11 @@ def build_visual_view(config: ml_collections.ConfigDict, workdir: str, *, progre
                                     "images_per_second": res.images_per_second, "wall_seconds": wall}
         logging.info("%s: %d images, %d failed, %.1f images/s", split, len(ids), len(res.failed),
                      res.images_per_second)
-    extract.atomic_write_json(os.path.join(workdir, "failed.json"), all_failed)
+    atomic_write_json(os.path.join(workdir, "failed.json"), all_failed, indent=1)
 
     if config.export_npz:
-        tmp = config.export_npz + ".tmp.npz"
-        np.savez(tmp, train=feats["train"], test=feats["test"], train_ids=np.array(ids_by_split["train"]),
-                 test_ids=np.array(ids_by_split["test"]))
-        os.replace(tmp, config.export_npz)
+        atomic_save_npz(config.export_npz, train=feats["train"], test=feats["test"],
+                            train_ids=np.array(ids_by_split["train"]), test_ids=np.array(ids_by_split["test"]))
         logging.info("features exported to %s", config.export_npz)
 
     if config.train_autoencoder:
@@ -102,7 +101,7 @@ def build_visual_view(config: ml_collections.ConfigDict, workdir: str, *, progre
         for split, x in (("train", feats["train"]), ("test", feats["test"])):
             codes = np.full((len(x), config.autoencoder.code_dim), np.nan, np.float32)
             codes[oks[split]] = np.asarray(model.encode(x[oks[split]]), np.float32)
-            extract.atomic_save_npy(os.path.join(workdir, f"codes_{split}.npy"), codes)
+            atomic_save_npy(os.path.join(workdir, f"codes_{split}.npy"), codes)
         mean = x_tr.astype(np.float64).mean(0)  # the same baseline for the AE and PCA figures
         ae_test = ae_lib.reconstruction_metrics(x_te, np.asarray(model.reconstruct(x_te)), mean=mean)
         ae_train = ae_lib.reconstruction_metrics(x_tr, np.asarray(model.reconstruct(x_tr)), mean=mean)
@@ -116,5 +115,5 @@ def build_visual_view(config: ml_collections.ConfigDict, workdir: str, *, progre
         logging.info("auto-encoder %d -> %d: held-out MSE %.5g, variance retained %.4f (PCA-%d: %.5g, %.4f)",
                      x_tr.shape[1], k, ae_test["mse"], ae_test["variance_retained"], k, pca_test["mse"],
                      pca_test["variance_retained"])
-    extract.atomic_write_json(os.path.join(workdir, "summary.json"), summary)
+    atomic_write_json(os.path.join(workdir, "summary.json"), summary, indent=1)
     return summary

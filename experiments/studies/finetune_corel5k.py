@@ -1,6 +1,6 @@
 r"""Corel5k study: DCCA from pixels (fine-tuned MobileNetV2) against frozen-feature DCCA and linear CCA.
 
-Protocol (the one of :mod:`dcca_jax.baselines.corel5k`): the 4,500 training images are split 4000/500 with
+Protocol (the one of :mod:`experiments.studies.corel5k_baselines`): the 4,500 training images are split 4000/500 with
 ``default_rng(split_seed)`` (seed 0, 500 validation images: the baselines' split).  For every method:
 
 1. train on the 4000 (the DCCA variants early-stop on validation per-word F1 of tag transfer,
@@ -37,6 +37,7 @@ import numpy as np
 from absl import logging
 
 from dcca_jax import finetune
+from dcca_jax import training
 from dcca_jax.data import datasets
 from dcca_jax.tagging import metrics
 from dcca_jax.visual import mobilenet
@@ -52,8 +53,7 @@ METHODS = ("linear_cca", "frozen_dcca", "finetune")
 
 def split_indices(n_train: int, *, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """The baselines' validation split: ``(fit_idx, val_idx)``, both sorted (``default_rng(seed)`` permutation)."""
-    perm = np.random.default_rng(seed).permutation(n_train)
-    return np.sort(perm[val_size:]), np.sort(perm[:val_size])
+    return training.validation_split(n_train, n_val=val_size, seed=seed)
 
 
 def _expand_grid(grid) -> list[dict[str, Any]]:
@@ -102,13 +102,14 @@ def protocol_metrics(config: ml_collections.ConfigDict, model_config: ml_collect
     for cand in cands:
         t = base | cand
         s = _scores(cca, h_v[val_idx], h_v[fit_idx], h_s_train[fit_idx], y_train[fit_idx], t)
-        m = metrics.to_python(metrics.evaluate(metrics.top_n_indicator(s, n=int(config.n_tags)), y_train[val_idx]))
+        pred_val = recommend.recommend_indicator(s, n=int(config.n_tags), prior=recommend.tag_prior(y_train[fit_idx]))
+        m = metrics.to_python(metrics.evaluate(pred_val, y_train[val_idx]))
         if best_m is None or m["per_word/F1"] > best_m["per_word/F1"]:
             best, best_m = cand, m
     t = base | best
     cca_all = _cca(h_v[:n_tr], h_s_train, model_config)
     s = _scores(cca_all, h_v[n_tr:], h_v[:n_tr], h_s_train, y_train, t)
-    pred = np.asarray(metrics.top_n_indicator(s, n=int(config.n_tags)))
+    pred = np.asarray(recommend.recommend_indicator(s, n=int(config.n_tags), prior=recommend.tag_prior(y_train)))
     test = metrics.to_python(metrics.evaluate(pred, y_test))
     return {"transfer": best, "validation": best_m, "test": test, "test_pred": pred, "n_candidates": len(cands)}
 

@@ -5,7 +5,7 @@ transferred by 5-NN in the visual projection (top 5). Honest protocol: the CCA r
 4000/500 split of the training images; the test images are used once, with the view refitted on all 4500.
 Also times the pieces of the default semantic view (skip-gram, k-means).
 
-  python experiments/bench_semantic_view.py --shared=../shared --out=results/bench/semantic_view.json
+  python experiments/bench/semantic_view.py --shared=../shared --workdir=results/bench
 """
 import dataclasses
 import json
@@ -16,14 +16,14 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-import _measure
+from experiments.bench import measure
 from dcca_jax.data import datasets
 from dcca_jax.semantic import deepwords
 from dcca_jax.semantic import skipgram
 
 _SHARED = flags.DEFINE_string("shared", "../shared", "The shared data folder.")
 _CACHE = flags.DEFINE_string("cache", "runs/cache", "Where MobileNetV2 features are cached.")
-_OUT = flags.DEFINE_string("out", "results/bench/semantic_view.json", "JSON output (a .md is written beside).")
+_WORKDIR = flags.DEFINE_string("workdir", "results/bench", "Output folder: semantic_view.json and semantic_view.md go there.")
 _RIDGES = (0.01, 0.1, 1.0)
 
 
@@ -38,7 +38,7 @@ def _candidates():
 
 
 def _view(train_tags, other_tags, vocabulary, overrides):
-    cfg = deepwords.default_config()
+    cfg = deepwords.semantic_config()
     cfg.update(ml_collections.ConfigDict(overrides))
     v = deepwords.semantic_view(train_tags, other_tags, config=cfg, vocabulary=vocabulary)
     return np.asarray(v.train, np.float64), np.asarray(v.others[0], np.float64)
@@ -50,15 +50,15 @@ def main(argv):
     d = datasets.load_corel5k(shared / "data" / "corel5k")
     cache = pathlib.Path(_CACHE.value)
     t0 = time.perf_counter()
-    xtr = _measure.tflite_features(d.train.image_paths, shared=shared, cache=cache)
-    xte = _measure.tflite_features(d.test.image_paths, shared=shared, cache=cache)
+    xtr = measure.tflite_features(d.train.image_paths, shared=shared, cache=cache)
+    xte = measure.tflite_features(d.test.image_paths, shared=shared, cache=cache)
     logging.info("features: %.1f s", time.perf_counter() - t0)
     train = dataclasses.replace(d.train, features=xtr)
     fit, val = datasets.train_validation_split(train, fraction=500 / 4500, seed=0)
 
     # Timing of the default view's pieces on the 4500 training lists.
     t0 = time.perf_counter()
-    wv = skipgram.train_skipgram(d.train.tags, config=deepwords.default_config().skipgram)
+    wv = skipgram.train_skipgram(d.train.tags, config=deepwords.semantic_config().skipgram)
     t_sg = time.perf_counter() - t0
     t0 = time.perf_counter()
     deepwords.build_deep_words(wv, n_clusters=100)
@@ -67,24 +67,24 @@ def main(argv):
     deepwords.build_deep_words(wv, n_clusters=100, seed=1)
     t_km2 = time.perf_counter() - t0
 
-    pv_fit, pv_val = _measure.pca(fit.features, val.features, dim=300)
-    pv_tr, pv_te = _measure.pca(xtr, xte, dim=300)
+    pv_fit, pv_val = measure.pca(fit.features, val.features, dim=300)
+    pv_tr, pv_te = measure.pca(xtr, xte, dim=300)
     rows = []
     for name, overrides in _candidates().items():
         s_fit, s_val = _view(fit.tags, val.tags, d.vocabulary, overrides)
-        val_scores = {r: _measure.cca_eval(pv_fit, s_fit, pv_val, s_val, fit.labels, val.labels,
+        val_scores = {r: measure.cca_eval(pv_fit, s_fit, pv_val, s_val, fit.labels, val.labels,
                                            n_components=100, ridge_rel=r) for r in _RIDGES}
         best = max(_RIDGES, key=lambda r: val_scores[r]["F1"])
         t0 = time.perf_counter()
         s_tr, s_te = _view(d.train.tags, d.test.tags, d.vocabulary, overrides)
         t_view = time.perf_counter() - t0
-        test = _measure.cca_eval(pv_tr, s_tr, pv_te, s_te, d.train.labels, d.test.labels,
+        test = measure.cca_eval(pv_tr, s_tr, pv_te, s_te, d.train.labels, d.test.labels,
                                  n_components=100, ridge_rel=best)
         rows.append({"view": name, "dim": s_tr.shape[1], "ridge_rel": best, "val": val_scores[best],
                      "test": test, "view_seconds": t_view})
         logging.info("%s: val F1 %.3f, test %s", name, val_scores[best]["F1"], test)
     result = {"timing": {"skipgram_s": t_sg, "kmeans_first_s": t_km, "kmeans_again_s": t_km2}, "rows": rows}
-    out = pathlib.Path(_OUT.value)
+    out = pathlib.Path(_WORKDIR.value) / "semantic_view.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     lines = [

@@ -9,7 +9,7 @@ FLOPs, forward plus backward counted as 3x the forward (the first layer's unneed
 included, as is usual), divided by the steady-state epoch time, against the matmul rate measured just before and after
 that implementation's epochs (the mean of the two).
 
-  PYTHONPATH=$PWD .venv-bench/bin/python experiments/bench_dcca.py --out=results/bench/dcca.json \
+  .venv-bench/bin/python experiments/bench/dcca.py --workdir=results/bench \
       --data=../shared/data/mnist/mnist.npz
 """
 import json
@@ -21,7 +21,7 @@ import time
 import numpy as np
 from absl import app, flags, logging
 
-_OUT = flags.DEFINE_string("out", "results/bench/dcca.json", "JSON result path (a .md is written beside it).")
+_WORKDIR = flags.DEFINE_string("workdir", "results/bench", "Output folder: dcca.json and dcca.md go there.")
 _DATA = flags.DEFINE_string(
     "data", str(pathlib.Path(os.environ.get("DCCA_SHARED", pathlib.Path(__file__).resolve().parents[2] / "shared"))
                 / "data" / "mnist" / "mnist.npz"), "mnist.npz path.")
@@ -62,9 +62,9 @@ def _matmul_rate(n: int, repeats: int = 20) -> dict:
 
 
 def _jax_epochs(x_v, x_s, objective: str, epochs: int) -> list[float]:
-    from dcca_jax.models.dcca import DeepCCA
+    from dcca_jax.models.dcca import DeepCCA, dcca_config
 
-    cfg = DeepCCA.default_config()
+    cfg = dcca_config()
     cfg.towers.visual_hidden = cfg.towers.semantic_hidden = HIDDEN
     cfg.towers.out_dim = OUT_DIM
     cfg.towers.activation = _ACT.value
@@ -181,7 +181,7 @@ def main(argv):
     }
     if not _SKIP_ZOO.value:
         result["speedup_vs_cca_zoo"] = rows[-1]["s_per_epoch"] / rows[0]["s_per_epoch"]
-    out = pathlib.Path(_OUT.value)
+    out = pathlib.Path(_WORKDIR.value) / "dcca.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     out.with_suffix(".md").write_text(_markdown(result))

@@ -1,12 +1,12 @@
 r"""Cost against n: streaming linear CCA, approximate KCCA and DCCA epochs; peak memory at the largest n.
 
-    PYTHONPATH=$PWD python experiments/bench_scale.py --out=results/bench/scale.json [--cache_dir=/big/disk]
+    python experiments/bench/scale.py --workdir=results/bench [--cache_dir=/big/disk]
 
 Each (workload, n) runs in a fresh child process (this script with --child), so its peak resident
 memory (``VmHWM``) is its own and compilation is excluded by a warm-up at the same shapes. The
 linear CCA data (n x (300 + 260) float32, 2.2 GB at n = 1M) is generated once into memory-mapped
 ``.npy`` files under --cache_dir and streamed from there: bounded memory whatever n. Writes JSON to
---out and a Markdown table beside it (same name, ``.md``). ``os.getloadavg()`` is recorded around each
+--workdir/scale.json and a Markdown table beside it (``scale.md``). ``os.getloadavg()`` is recorded around each
 measurement: on a shared machine, a load above the core count inflates the times.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ import time
 
 from absl import app, flags
 
-flags.DEFINE_string("out", "results/bench/scale.json", "JSON output path (Markdown written beside it).")
+flags.DEFINE_string("workdir", "results/bench", "Output folder: scale.json and scale.md go there.")
 flags.DEFINE_string("cache_dir", "runs/bench_scale_cache", "Where the generated .npy views (2.2 GB at n = 1M) are kept.")
 flags.DEFINE_list("cca_sizes", ["10000", "30000", "100000", "300000", "1000000"], "n for streaming linear CCA.")
 flags.DEFINE_list("kcca_sizes", ["5000", "20000", "50000", "200000"], "n for approximate KCCA.")
@@ -193,7 +193,7 @@ def child_dcca(n: int) -> dict:
     from dcca_jax.models.towers import make_tower
 
     batch = 1000
-    cfg = dcca.default_dcca_config()
+    cfg = dcca.dcca_config()
     tv = make_tower(hidden=(1024, 1024), out_dim=50, activation="sigmoid")
     ts = make_tower(hidden=(1024, 1024), out_dim=50, activation="sigmoid")
     pv, ps = ensure_views(pathlib.Path(FLAGS.cache_dir), int(FLAGS.cca_sizes[-1]), FLAGS.d_v, FLAGS.d_s)
@@ -282,7 +282,7 @@ def main(argv):
         return
     import jax
 
-    out = pathlib.Path(FLAGS.out)
+    out = pathlib.Path(FLAGS.workdir) / "scale.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     sizes = {"cca": FLAGS.cca_sizes, "kcca": FLAGS.kcca_sizes, "kcca_stream": FLAGS.kcca_stream_sizes,
              "dcca": FLAGS.dcca_sizes}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dcca_jax import visual_view
+from experiments.studies import extract_features
 from dcca_jax.visual import autoencoder
 
 
@@ -39,7 +39,7 @@ def test_pipeline_on_generated_images(tmp_path):
 
     ids = _dataset(tmp_path / "data")
     np.savez(tmp_path / "alex.npz", **random_state_dict("torchvision", 1 / 32, 6))
-    cfg = visual_view.default_config()
+    cfg = extract_features.extract_features_config()
     cfg.data.root = str(tmp_path / "data")
     cfg.data.train_list, cfg.data.test_list = "train.txt", "test.txt"
     cfg.model.backbone = "alexnet"
@@ -49,7 +49,7 @@ def test_pipeline_on_generated_images(tmp_path):
     cfg.autoencoder.batch_size = 4
     cfg.export_npz = str(tmp_path / "export.npz")
     work = tmp_path / "work"
-    summary = visual_view.build_visual_view(cfg, str(work))
+    summary = extract_features.build_visual_view(cfg, str(work))
 
     f_tr, f_te = np.load(work / "features_train.npy"), np.load(work / "features_test.npy")
     assert f_tr.shape == (12, 128) and f_te.shape == (5, 128)
@@ -74,20 +74,15 @@ def test_pipeline_on_generated_images(tmp_path):
         np.testing.assert_array_equal(z["train"], f_tr)
         assert z["test_ids"].tolist() == ids["test"]
 
-    again = visual_view.build_visual_view(cfg, str(work))  # resumes: nothing recomputed
+    again = extract_features.build_visual_view(cfg, str(work))  # resumes: nothing recomputed
     assert again["splits"]["train"]["n_computed"] == 0 and again["splits"]["test"]["n_computed"] == 0
 
 
 def test_corel5k_config_is_consistent():
-    import importlib.util
-    import pathlib
+    from experiments.configs import extract_corel5k
 
-    path = pathlib.Path(__file__).resolve().parents[2] / "experiments" / "configs" / "extract_corel5k.py"
-    spec = importlib.util.spec_from_file_location("extract_corel5k", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    cfg = mod.get_config()
-    default = visual_view.default_config()
+    cfg = extract_corel5k.get_config()
+    default = extract_features.extract_features_config()
     assert set(cfg.keys()) == set(default.keys())  # no typo'd fields
     assert cfg.model.backbone == "mobilenet_v2" and cfg.model.mobilenet_v2.tflite_path.endswith(".tflite")
     assert cfg.data.root.endswith("corel5k") and cfg.autoencoder.code_dim == 300

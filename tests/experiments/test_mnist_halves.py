@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from dcca_jax.mnist_experiment import results_markdown, run_mnist_halves
+from experiments.studies.mnist_halves import results_markdown, run_mnist_halves, validation_split
 
 
 def test_markdown_rows():
@@ -26,9 +26,8 @@ def test_experiment_runs_on_test_config(tmp_path):
 
     cfg = mnist_halves_test.get_config()
     cfg.data_path = str(tmp_path / "mnist.npz")
-    cfg.workdir = str(tmp_path / "run")
     cfg.n_val = 200
-    out = run_mnist_halves(cfg)
+    out = run_mnist_halves(cfg, tmp_path / "run")
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert [r["model"] for r in saved["rows"]] == ["linear CCA", "DCCA"]
     lin, deep = saved["rows"]
@@ -37,3 +36,12 @@ def test_experiment_runs_on_test_config(tmp_path):
     assert deep["objective"] == "trace_norm" and deep["epochs"] == 1
     assert (tmp_path / "run" / "results.md").read_text().count("|") > 10
     assert out["rows"] == saved["rows"]
+
+
+def test_validation_split():
+    fit, val = validation_split(100, 30, seed=1)
+    assert len(fit) == 70 and len(val) == 30
+    assert np.array_equal(np.sort(np.concatenate([fit, val])), np.arange(100))
+    assert np.array_equal(val, validation_split(100, 30, seed=1)[1])
+    with pytest.raises(ValueError, match="n_val=100 must be between 1 and n - 1 = 99"):
+        validation_split(100, 100)

@@ -8,7 +8,7 @@ of components. Reports fit time (dcca_jax: first call including jit compile, and
 the time ratio, the training and held-out per-component correlations of both, and their largest
 difference. cca-zoo (and scikit-learn, which it uses for the kernels) exist only in the bench venv.
 
-  PYTHONPATH=$PWD .venv-bench/bin/python experiments/bench_kcca.py --out=results/bench/kcca.json
+  .venv-bench/bin/python experiments/bench/kcca.py --n=5000 --workdir=results/bench   # -> kcca_n5000.json
 
 cca-zoo eigendecomposes each ``n x n`` kernel and then a ``2n x 2n`` generalised problem, so at the
 default ``n = 5000`` it needs a ``10,000 x 10,000`` eigendecomposition: tens of minutes on 2 busy cores.
@@ -29,7 +29,7 @@ from dcca_jax.models.base import paired_correlations  # noqa: E402
 from dcca_jax.data.synthetic import correlated_views  # noqa: E402
 from dcca_jax.models.kcca import KernelCCA, median_bandwidth  # noqa: E402
 
-_OUT = flags.DEFINE_string("out", "results/bench/kcca.json", "JSON output path (a .md table is written beside it).")
+_WORKDIR = flags.DEFINE_string("workdir", "results/bench", "Output folder: kcca_n<n>.json and .md go there.")
 _N = flags.DEFINE_integer("n", 5000, "Training samples.")
 _N_TEST = flags.DEFINE_integer("n_test", 1000, "Held-out samples.")
 _K = flags.DEFINE_integer("k", 10, "Components.")
@@ -93,7 +93,7 @@ def main(argv):
                     "loadavg_end": os.getloadavg(), "jax": jax.__version__, "backend": jax.default_backend()},
         "rows": rows,
     }
-    out = pathlib.Path(_OUT.value)
+    out = pathlib.Path(_WORKDIR.value) / f"kcca_n{n}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     lines = [f"Exact RBF kernel CCA, n={n} train / {_N_TEST.value} held out, 20 x 20 dims, {k} components, "

@@ -8,7 +8,7 @@ then each engine is timed on the already-decoded uint8 crops (network only) and 
   --threads threads (the interpreter's natural mode; its batch dimension is fixed at 1 in the file).
 Also the per-image cosine between the JAX and TFLite 1280-d features, so speed is not bought with accuracy.
 
-  python experiments/bench_extract.py --out=results/bench/extract.json
+  python experiments/bench/extract.py --workdir=results/bench
 """
 import json
 import os
@@ -27,7 +27,7 @@ from dcca_jax.visual import images
 from dcca_jax.visual import mobilenet
 
 SHARED = os.environ.get("DCCA_SHARED", "../shared")
-_OUT = flags.DEFINE_string("out", "results/bench/extract.json", "JSON output path (a .md table is written beside it).")
+_WORKDIR = flags.DEFINE_string("workdir", "results/bench", "Output folder: extract.json and extract.md go there.")
 _N = flags.DEFINE_integer("n", 200, "Corel5k test images (the first n of the list).")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "JAX batch size.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed passes over the images per engine (median reported).")
@@ -82,7 +82,7 @@ def main(argv):
         rows.append({"engine": f"JAX MobileNetV2 ({'uint8-emulating' if emulate else 'float'}), batch {bs}",
                      "images_per_s": rate, "compile_s": compile_s, "times_s": times})
 
-    cfg = extract.default_backbone_config()
+    cfg = extract.backbone_config()
     cfg.mobilenet_v2.tflite_path = _MODEL.value
     bb = extract.build_backbone(cfg)
     extract.extract_features(paths[:bs], backbone=bb, batch_size=bs)  # compile
@@ -141,7 +141,7 @@ def main(argv):
               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "loadavg": os.getloadavg(),
                           "jax": jax.__version__, "backend": jax.default_backend()},
               "decode_seconds": decode_s, "rows": rows, "feature_agreement_vs_tflite": agreement}
-    out = pathlib.Path(_OUT.value)
+    out = pathlib.Path(_WORKDIR.value) / "extract.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     lines = [f"MobileNetV2 feature extraction, {n} Corel5k photos, {os.cpu_count()} CPUs, JAX backend "

@@ -1,0 +1,1 @@
+"""dcca_jax.data."""

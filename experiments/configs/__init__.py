@@ -1,0 +1,1 @@
+"""Config files for ``--config=experiments/configs/<name>.py``; each defines ``get_config()`` (ml_collections)."""
