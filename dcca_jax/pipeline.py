@@ -32,6 +32,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from dcca_jax import sizes as sizes_lib
 from dcca_jax.visual import autoencoder as ae_lib
 from dcca_jax.data import datasets as data_lib
 from dcca_jax.semantic import deepwords
@@ -77,7 +78,11 @@ def model_classes() -> dict[str, type[CorrelationModel]]:
 
 
 def pipeline_config() -> ml_collections.ConfigDict:
-    """The main job's configuration: the embedded synthetic dataset, end to end, on 2 CPU cores."""
+    """The main job's configuration: the embedded synthetic dataset, end to end, on 2 CPU cores.
+
+    Every size is ``"auto"``: resolved from the data after the split, towards the targets in ``c.sizes``
+    (:mod:`dcca_jax.sizes`); an integer set instead must fit the data.
+    """
     classes = model_classes()
     c = ml_collections.ConfigDict()
     c.seed = 0
@@ -103,13 +108,11 @@ def pipeline_config() -> ml_collections.ConfigDict:
     c.visual.crop_fraction = 0.875
     c.visual.use_autoencoder = True
     c.visual.autoencoder = ae_lib.autoencoder_config()
-    c.visual.autoencoder.code_dim = 300
 
     c.semantic = deepwords.semantic_config()
 
     c.models = MODEL_NAMES
     c.cca = classes["cca"].default_config()
-    c.cca.n_components = 20
     c.cca.ridge_v = 1e-2
     c.cca.ridge_s = 1e-2
     c.kcca = classes["kcca"].default_config()
@@ -118,12 +121,13 @@ def pipeline_config() -> ml_collections.ConfigDict:
     c.baselines = BASELINE_NAMES
     c.general_cca = general_cca_lib.general_cca_config()
     c.cca_knn = cca_knn_lib.cca_knn_config()
-    c.cca_knn.word2vec_dim = 100
+    c.cca_knn.word2vec_dim = sizes_lib.size_field()
     c.jec = ml_collections.ConfigDict({"k": 5})
 
     c.recommend = rec_lib.transfer_config()
     c.eval = ml_collections.ConfigDict({"ccs_top_k": 20, "ap_ar_max_tags": 10})
-    return c
+    c.sizes = sizes_lib.targets_config()
+    return sizes_lib.use_auto(c)
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -145,7 +149,10 @@ class Pipeline:
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, progress: bool = False,
                  fail_after: str | None = None, variant: str = ""):
+        # The config as given ("auto" sizes) and, once the data is loaded, with every size resolved.
+        self.requested_config = config
         self.config = config
+        self.sizes: sizes_lib.Resolution | None = None
         self.workdir = pathlib.Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.progress = progress
@@ -206,10 +213,19 @@ class Pipeline:
         return d, key
 
     # ------------------------------------------------------------------------------------------ data
-    def stage_data(self):
-        """Loads the dataset (generating the synthetic one first) and splits train into fit/val."""
-        if "data" in self._cache:
-            return self._cache["data"]
+    def stage_data(self, *, resolve: bool = True):
+        """Loads the dataset (generating the synthetic one first) and splits train into fit/val.
+
+        With ``resolve`` (the default) the sizes are resolved from the split first (:meth:`resolve_sizes`), so no
+        stage runs on ``"auto"`` or on sizes that cannot fit.
+        """
+        if "data" not in self._cache:
+            self._cache["data"] = self._load_split()
+        if resolve and self.sizes is None:
+            self.resolve_sizes()
+        return self._cache["data"]
+
+    def _load_split(self) -> dict:
         c = self.config
         if c.data.kind == "synthetic":
             root = pathlib.Path(c.data.root) if c.data.root else self.stage_dir("data") / "synthetic"
@@ -240,8 +256,50 @@ class Pipeline:
         pos = {i: k for k, i in enumerate(train.ids)}
         out["fit_rows"] = np.array([pos[i] for i in fit.ids], np.int64)
         out["val_rows"] = np.array([pos[i] for i in val.ids], np.int64)
-        self._cache["data"] = out
         return out
+
+    def visual_dim(self) -> int:
+        """Width of the visual features, known before extraction (the CNN stage's output once it exists)."""
+        if "cnn" in self._cache:
+            return int(self._cache["cnn"]["train"].shape[1])
+        name = self._backbone_name()
+        if name == "precomputed":
+            return int(self.stage_data(resolve=False)["train"].features.shape[1])
+        if name == "handcrafted":
+            return handcrafted_lib.DIM
+        if name == "alexnet":
+            from dcca_jax.visual import alexnet
+
+            return alexnet.layer_sizes(layout=self.config.visual.alexnet_layout)["fc7"]
+        from dcca_jax.visual import mobilenet
+
+        return mobilenet.NUM_FEATURES
+
+    def data_shape(self, rows: dict | None = None) -> sizes_lib.DataShape:
+        """What the size rules read: counts of the split (``rows``: the kept train/fit/val/test rows; default
+        all), the vocabulary, the tags per image, and the visual width."""
+        data = self.stage_data(resolve=False)
+        if rows is None:
+            rows = {"train": None, "fit": data["fit_rows"], "val": data["val_rows"], "test": data["test"].ids}
+        return sizes_lib.DataShape.from_labels(
+            data["train"].labels, train_rows=rows["train"], fit_rows=rows["fit"], val_rows=rows["val"],
+            n_test=len(rows["test"]), visual_dim=self.visual_dim())
+
+    def resolve_sizes(self, rows: dict | None = None) -> sizes_lib.Resolution:
+        """Resolves every ``"auto"`` size from the split (:func:`dcca_jax.sizes.resolve`) into ``self.config``.
+
+        Called when the data is loaded, before any expensive stage, and again after the CNN stage with the rows
+        whose features exist. Raises :class:`dcca_jax.sizes.SizeError` listing every size that cannot fit.
+        """
+        res = sizes_lib.resolve(self.requested_config, self.data_shape(rows))
+        res.raise_if_problems()
+        if self.sizes is None or res.values != self.sizes.values:
+            for w in res.warnings:
+                logging.warning("%s", w)
+            logging.info("sizes: %s", ", ".join(f"{k}={v}{' (auto)' if k in res.auto else ''}"
+                                                for k, v in res.values.items()))
+        self.sizes, self.config = res, res.config
+        return res
 
     # ------------------------------------------------------------------------------------ visual view
     def _jec_cache(self, split: str) -> pathlib.Path:
@@ -251,7 +309,7 @@ class Pipeline:
 
     def _backbone_name(self) -> str:
         c = self.config.visual
-        data = self.stage_data()
+        data = self.stage_data(resolve=False)
         if c.backbone != "auto":
             return c.backbone
         if data["train"].features is not None:
@@ -329,6 +387,7 @@ class Pipeline:
         for f in out["info"]["failed"]:
             logging.warning("image skipped: %s (%s)", f.get("path"), f.get("reason"))
         self._cache["cnn"] = out
+        self.resolve_sizes(self.rows())  # the rows and width the later stages really get
         return out
 
     def rows(self):
@@ -498,19 +557,17 @@ class Pipeline:
             x_tr, x_te = cnn["train"][rows["train"]], cnn["test"][rows["test"]]
             x_fit = cnn["train"][rows["fit"]]
             lab_fit = data["train"].labels[rows["fit"]]
-            g = c[name]
-            pca_dims = min(int(g.pca_dims), x_fit.shape[1], x_fit.shape[0] - 1)
+            g = c[name]  # sizes resolved and checked by dcca_jax.sizes
             if name == "general_cca":
-                k = min(int(g.n_components), pca_dims or x_fit.shape[1], lab_fit.shape[1])
-                model = general_cca_lib.fit_general_cca(x_fit, lab_fit.astype(np.float32), pca_dims=pca_dims,
-                                                        n_components=k, ridge_v=g.ridge_v, ridge_s=g.ridge_s)
+                model = general_cca_lib.fit_general_cca(x_fit, lab_fit.astype(np.float32), pca_dims=int(g.pca_dims),
+                                                        n_components=int(g.n_components), ridge_v=g.ridge_v,
+                                                        ridge_s=g.ridge_s)
                 s_tr, tag_s = lab_train.astype(np.float32), np.eye(lab_train.shape[1], dtype=np.float32)
             else:
                 wv = cca_knn_lib.train_tag_word2vec(lab_fit, data["dataset"].vocabulary, dim=int(g.word2vec_dim),
                                                     seed=c.seed)
-                k = min(int(g.n_components), pca_dims or x_fit.shape[1], wv.shape[1])
-                model = cca_knn_lib.fit_cca_knn(x_fit, lab_fit, wv, pca_dims=pca_dims, n_components=k,
-                                                ridge_v=g.ridge_v, ridge_s=g.ridge_s)
+                model = cca_knn_lib.fit_cca_knn(x_fit, lab_fit, wv, pca_dims=int(g.pca_dims),
+                                                n_components=int(g.n_components), ridge_v=g.ridge_v, ridge_s=g.ridge_s)
                 s_tr, tag_s = cca_knn_lib.mean_tag_vectors(lab_train, wv), wv
             _, scores = rec_lib.recommend_from_model(model, x_te, train_v=x_tr, train_s=s_tr, train_labels=lab_train,
                                                      config=g.transfer, tag_s=tag_s)
@@ -589,7 +646,9 @@ class Pipeline:
             "table1_correlation": table1,
             "table2_recommendation": table2,
             "retrieval": self.retrieval_table(),
+            "sizes": self.sizes.to_dict(),
             "config": jsonable(self.config),
+            "config_requested": jsonable(self.requested_config),
             "versions": package_versions(),
             "seconds_this_run": time.perf_counter() - t0,
         }

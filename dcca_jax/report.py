@@ -16,6 +16,7 @@ __all__ = [
     "markdown_tables",
     "table1_markdown",
     "table2_markdown",
+    "sizes_markdown",
     "plot_correlation",
     "plot_ap_ar",
     "plot_per_word_ap",
@@ -79,6 +80,16 @@ def table2_markdown(table2: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def sizes_markdown(sizes: dict[str, Any]) -> str:
+    """The sizes of the run (:mod:`dcca_jax.sizes`): value, auto or set, the largest that fits; then warnings."""
+    lines = ["| flag | value | from | largest that fits |", "|---|---|---|---|"]
+    for flag, r in sizes["resolved"].items():
+        bound = "" if r["max"] is None else f"{r['max']} = {r['limit']}"
+        lines.append(f"| `--config.{flag}` | {r['value']} | {'auto' if r['auto'] else 'set'} | {bound} |")
+    lines += [""] + [f"Warning: {w}" for w in sizes.get("warnings", [])]
+    return "\n".join(lines).rstrip()
+
+
 def markdown_tables(results: dict[str, Any]) -> str:
     """The whole Markdown report of a pipeline run."""
     ds, vis = results["dataset"], results["visual"]
@@ -104,6 +115,13 @@ def markdown_tables(results: dict[str, Any]) -> str:
               "Places with no positive score are filled from the training tag prior (most frequent first; "
               "--config.recommend.fill=none leaves them empty); the last column counts them.",
               "", table2_markdown(results["table2_recommendation"]), ""]
+    if results.get("sizes"):
+        d = results["sizes"]["data"]
+        parts += ["## Sizes", "",
+                  f"Resolved from the data after the split (\"auto\": towards the targets `config.sizes`, capped by "
+                  f"the data; dcca_jax/sizes.py has the rules). Tags per training image: mean "
+                  f"{d['tags_per_image']:.2f}, min {d['tags_min']}, max {d['tags_max']}, single-tag "
+                  f"{d['single_tag_share']:.0%}.", "", sizes_markdown(results["sizes"]), ""]
     if results.get("retrieval"):
         from dcca_jax.tagging import retrieval
 

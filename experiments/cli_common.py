@@ -8,6 +8,7 @@ from typing import Any, Callable, Mapping
 from absl import logging
 
 from dcca_jax.pipeline import PipelineError, run_pipeline
+from dcca_jax.sizes import SizeError
 
 # Errors a user can fix get one line, not a traceback.
 USER_ERRORS = (PipelineError, FileNotFoundError, NotADirectoryError, ValueError, KeyError)
@@ -43,7 +44,9 @@ def run(argv, fn: Callable[[], None]) -> None:
     try:
         fn()
     except USER_ERRORS as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        # A SizeError lists every size problem, one per line; other errors get their first line.
+        lines = str(e).splitlines() or [type(e).__name__]
+        msg = "\n".join(lines) if isinstance(e, SizeError) else lines[0]
         sys.exit(f"error: {type(e).__name__}: {msg}")
 
 
@@ -54,6 +57,16 @@ def pipeline_main(config, workdir: str) -> dict:
     print(f"results: {out / 'results.json'}\ntables: {out / 'tables.md'}\n"
           f"figures: {out / 'table1_ccs.png'}, {out / 'ap_ar.png'}")
     return results
+
+
+def check_main(config, workdir: str) -> None:
+    """Prints the data check (dcca_jax.check) and exits 1 when the pipeline would fail."""
+    from dcca_jax import check
+
+    report = check.check_data(config, workdir=workdir or None)
+    print(check.format_check(report))
+    if not report.ok:
+        sys.exit(1)
 
 
 def show(result: dict, workdir: str) -> None:

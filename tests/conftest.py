@@ -60,3 +60,18 @@ def pipeline_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("pipeline")
     return workdir, pipeline.run_pipeline(tiny_pipeline_config(), workdir)
 
+
+def shipped_config(name: str):
+    """A fresh ``experiments/configs/<name>.py`` ``get_config()``."""
+    import importlib
+
+    return importlib.import_module(f"experiments.configs.{name}").get_config()
+
+
+@pytest.fixture(scope="module")
+def fast_compiles():
+    """XLA without most optimisations for a module of tiny runs, where compiling costs more than it saves."""
+    old = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", old)

@@ -6,6 +6,10 @@ r"""Main job: the whole pipeline on the embedded synthetic dataset (generated wi
 Uses the MobileNetV2 TFLite weights when found (``$DCCA_MOBILENET_TFLITE`` or
 ``../shared/models/mobilenet_v2_1.0_224_quant/``), else the hand-crafted colour+texture backbone.
 Expected: finishes in a few minutes on 2 CPU cores; DMFR&DCCA beats DMFR&CCA on held-out correlation.
+
+Every size is "auto" (dcca_jax/sizes.py): on this dataset (44 words, 960 training images) the targets below
+resolve to themselves: code 128, 24 deep words, 20 components everywhere, DCCA batch 200, PCA 128.
+Check the sizes on other data in seconds with experiments/check_data.py.
 """
 import os
 import pathlib
@@ -32,31 +36,30 @@ def get_config():
     c.data.synthetic.n_images = 1200
     c.data.synthetic.image_size = 128
 
-    c.visual.autoencoder.code_dim = 128
+    # Targets of the "auto" sizes (capped by the data).
+    c.sizes.code_dim = 128  # auto-encoder code; PCA of the baselines
+    c.sizes.deep_words = 24
+    c.sizes.components = 20  # CCA, KCCA, DCCA output, general CCA, CCA-KNN
+    c.sizes.dcca_batch = 200
+
     c.visual.autoencoder.architecture = "pca_residual"
     c.visual.autoencoder.learning_rate = 1e-4
     c.visual.autoencoder.hidden_sizes = (512,)
     c.visual.autoencoder.max_epochs = 60
 
-    c.semantic.n_clusters = 24
     c.semantic.skipgram.vector_size = 32
 
-    c.cca.n_components = 20
     c.cca.ridge_v = 1e-2
     c.cca.ridge_s = 1e-2
-
-    c.kcca.n_components = 20
 
     # Residual towers that start at the linear CCA map (FINDINGS.md), minibatches, dropout and early
     # stopping: the plain full-batch DCCA of the paper lost held-out correlation to linear CCA here.
     c.dcca.towers.visual_hidden = (256, 256)
     c.dcca.towers.semantic_hidden = (256, 256)
-    c.dcca.towers.out_dim = 20
     c.dcca.towers.activation = "relu"
     c.dcca.towers.residual_cca = True
     c.dcca.towers.cca_init_ridge = 0.01
     c.dcca.towers.dropout = 0.1
-    c.dcca.batch_size = 200
     c.dcca.epochs = 100
     c.dcca.patience = 15
     c.dcca.learning_rate = 1e-3
@@ -64,10 +67,4 @@ def get_config():
     c.dcca.ridge_v = 1e-3
     c.dcca.ridge_s = 1e-3
     c.dcca.checkpoint_every = 50
-
-    c.general_cca.pca_dims = 128
-    c.general_cca.n_components = 20
-    c.cca_knn.pca_dims = 128
-    c.cca_knn.n_components = 20
-    c.cca_knn.word2vec_dim = 32
     return c

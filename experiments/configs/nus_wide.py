@@ -15,8 +15,8 @@ def get_config():
     c.data.root = ""
     c.data.options.missing = "skip"
     c.data.validation_fraction = 0.05
-    c.kcca.n_landmarks = 4000
-    c.dcca.batch_size = 2000
+    c.sizes.landmarks = 4000  # targets of the "auto" sizes
+    c.sizes.dcca_batch = 2000
     c.dcca.epochs = 30
     c.baselines = ("general_cca", "cca_knn")  # JEC's all-pairs distances over 160k images are impractical
     return c

@@ -82,7 +82,7 @@ def main(argv):
     results = compare(pipe, n_resamples=_RESAMPLES.value)
     out = pathlib.Path(_WORKDIR.value)
     (out / "filler_rule.json").write_text(json.dumps(results, indent=2))
-    text = markdown(results, int(_CONFIG.value.recommend.n_tags), int(pipe.views().labels["test"].shape[0]))
+    text = markdown(results, int(pipe.config.recommend.n_tags), int(pipe.views().labels["test"].shape[0]))  # resolved
     (out / "filler_rule.md").write_text(text)
     print(text)
 

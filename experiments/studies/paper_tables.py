@@ -120,9 +120,9 @@ def examples_gallery(config, workdir: str | os.PathLike, *, model: str = "dcca",
     data, rows = p.stage_data(), p.rows()
     r = p.recommend_with_model(model)
     scores = r["scores"]
-    n_tags = int(config.recommend.n_tags)
+    n_tags = int(p.config.recommend.n_tags)  # resolved from the data
     top = np.asarray(recommend.recommend_top_n(scores, n=n_tags, prior=recommend.tag_prior(p.views().labels["train"]),
-                                               fill=config.recommend.get("fill", "prior")))
+                                               fill=p.config.recommend.get("fill", "prior")))
     vocab = data["dataset"].vocabulary
     test = data["test"]
     items = []
@@ -157,12 +157,12 @@ def benchmark_models(config, workdir: str | os.PathLike, *, models: Sequence[str
     p = Pipeline(config, workdir, progress=progress)
     views = p.views()
     classes = model_classes()
-    k = int(config.eval.ccs_top_k)
+    k = int(p.config.eval.ccs_top_k)
     rows = []
     for m in models:
         fits, model = [], None
         for _ in range(1 if m == "dcca" else repeats):
-            model = classes[m](config[m])
+            model = classes[m](p.config[m])  # sizes resolved from the data
             t0 = time.perf_counter()
             if m == "dcca":
                 model.fit(views.v["fit"], views.s["fit"], validation=(views.v["val"], views.s["val"]))

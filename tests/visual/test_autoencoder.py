@@ -193,3 +193,17 @@ def test_a_workdir_of_the_old_layout_resumes_exactly(tmp_path):
     with pytest.raises(ValueError, match=r"different auto-encoder job.*config\.code_dim: 2 in the checkpoint, 3 now"):
         ae.fit_autoencoder(x, config=_small_config(max_epochs=6, hidden_sizes=(16,), code_dim=3),
                            workdir=str(tmp_path / "old"))
+
+
+def test_principal_axes_of_few_rows_match_the_svd():
+    # 12 rows of 40 columns take the n x n Gram path; the axes are the SVD's right singular vectors up to sign.
+    x = np.random.default_rng(3).normal(size=(12, 40)) * np.linspace(3, 0.1, 40)
+    x -= x.mean(0)
+    axes = ae.principal_axes(x, n_components=5)
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    assert axes.shape == (5, 40)
+    np.testing.assert_allclose(np.abs(np.sum(axes * vt[:5], axis=1)), 1.0, atol=1e-10)
+    np.testing.assert_allclose(axes @ axes.T, np.eye(5), atol=1e-10)
+    # A kept axis without variance (rank 11 after centring) falls back to the d x d scatter.
+    full = ae.principal_axes(x, n_components=12)
+    np.testing.assert_allclose(full[:11] @ full[:11].T, np.eye(11), atol=1e-8)
