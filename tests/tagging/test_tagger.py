@@ -12,14 +12,15 @@ import pytest
 from dcca_jax import Tagger, pipeline
 from dcca_jax.data import datasets
 from dcca_jax.tagging import bundle, metrics, outputs, recommend
-from tests.test_pipeline import EXPERIMENTS, _test_config
+from tests.conftest import ROOT, tiny_pipeline_config
+
+EXPERIMENTS = ROOT / "experiments"
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("tagger_run")
-    results = pipeline.run_pipeline(_test_config(), workdir)
-    p = pipeline.Pipeline(_test_config(), workdir)
+def run(pipeline_run):
+    workdir, results = pipeline_run  # the session's one run of the test config (tests/conftest.py)
+    p = pipeline.Pipeline(tiny_pipeline_config(), workdir)
     data, rows = p.stage_data(), p.rows()
     test_paths = [os.fspath(data["test"].image_paths[i]) for i in rows["test"]]
     return {"workdir": workdir, "bundle": workdir / "tagger", "results": results, "pipeline": p,
