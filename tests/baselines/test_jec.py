@@ -122,5 +122,9 @@ def test_compute_features_cache(tmp_path):
         np.testing.assert_array_equal(f[k], again[k])
     one = jec.compute_jec_features(paths[:1], cache_path=cache)  # another list: recomputed, not reused
     np.testing.assert_array_equal(one["lab"], f["lab"][:1])
-    with pytest.raises(ValueError, match="missing.png"):
-        jec.compute_jec_features([tmp_path / "missing.png"])
+    # An unreadable file is listed, not fatal; a file an earlier stage skipped is not read again.
+    got = jec.compute_jec_features([paths[0], tmp_path / "missing.png", paths[1]], skip={str(paths[1]): "bad"})
+    assert got.ok.tolist() == [True, False, False] and np.isnan(got["rgb"][1:]).all()
+    assert [(f["index"], f["path"].endswith("missing.png")) for f in got.failed] == [(1, True), (2, False)]
+    assert "not found" in got.failed[0]["reason"] and got.failed[1]["reason"] == "skipped: bad"
+    np.testing.assert_array_equal(got["gabor"][0], f["gabor"][0])
