@@ -117,14 +117,13 @@ def _sixteen_to_8bit(img: Image.Image, sixteen: bool) -> Image.Image:
         hi = float(arr.max(initial=0.0))
         scale = 255.0 if hi <= 1.0 else (1.0 if hi <= 255.0 else 255.0 / hi)
         return Image.fromarray(np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8), mode="L")
-    arr = arr.astype(np.int64, copy=False)
     hi = int(arr.max(initial=0))
     if sixteen or 255 < hi <= 65535:
         out = (np.clip(arr, 0, 65535) + 128) // 257  # = round(v / 257): 65535 -> 255, 32896 -> 128
     elif hi <= 255:
         out = np.clip(arr, 0, 255)
     else:  # 32-bit integers beyond 16 bits: stretch the image's own maximum to 255
-        out = np.clip(arr, 0, None) * 255 // hi
+        out = np.clip(arr, 0, None).astype(np.int64) * 255 // hi
     return Image.fromarray(out.astype(np.uint8), mode="L")
 
 
