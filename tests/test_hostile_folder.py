@@ -232,3 +232,16 @@ def test_a_12mp_photo_costs_well_under_200mb(big_folder):
     m = json.loads(out.strip().splitlines()[-1])
     print("reader", m)
     assert m["peak_mb"] - m["before_mb"] < 100, m
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_gallery_reads_through_the_reader(tmp_path, caplog):
+    from dcca_jax import report
+
+    root = make_hostile_folder(tmp_path / "photos")
+    items = [{"path": root / "images" / n, "truth": ["sky"], "recommended": ["sky", "sea"]}
+             for n in ("rotated.jpg", "g16.png", *BAD)]
+    with caplog.at_level("WARNING"):
+        _, png = report.gallery(items, tmp_path / "gallery", thumb=32, columns=3)
+    assert Image.open(png).size == (3 * 42, 2 * 76)
+    assert {n for n in BAD if any(n in r.getMessage() for r in caplog.records)} == set(BAD)

@@ -27,7 +27,9 @@ in [-128, 128)); KL(query || training) on histograms smoothed with 1e-4 per bin;
 a 64x64 resize and a dead zone of half a grey level for HaarQ; the Gabor filters (one-sided Gaussians in the
 frequency domain at 1/4, 1/8 and 1/16 cycle per pixel, bandwidth one octave) on a 128x128 resize; the maximum of
 each distance estimated on ``n_scale`` training rows against all training images.  Images are resized to squares
-for the texture features (Corel5k photos are 3:2 or 2:3).
+for the texture features (Corel5k photos are 3:2 or 2:3).  Files are read by the package's one reader
+(:func:`dcca_jax.visual.images.open_image`) at a working size (shorter side shrunk towards 256 pixels, at most
+2^20 pixels; smaller images as decoded), and an unreadable file is listed, not fatal.
 
 References:
   Makadia, Pavlovic, Kumar. A new baseline for image annotation. ECCV 2008.
