@@ -509,7 +509,8 @@ class Pipeline:
             scores[ok["test"]] = jec_lib.jec_transfer(dist, lab_train[ok["train"]], n_tags=n_tags, k=int(c.jec.k))
             if extra:  # read by the visual stage but not by JEC (a file changed in between): no JEC tags for them
                 logging.warning("JEC could not read %d image(s) the visual stage read: %s", len(extra), extra[:10])
-                return {"scores": scores, "failed_images": extra, **self._evaluate(scores, lab_test, n_tags)}
+                return {"scores": scores, "failed_images": extra,
+                        **self._evaluate(scores, lab_test, n_tags, lab_train)}
         else:
             x_tr, x_te = cnn["train"][rows["train"]], cnn["test"][rows["test"]]
             x_fit = cnn["train"][rows["fit"]]

@@ -140,6 +140,14 @@ def test_hostile_folder_handcrafted_and_jec(tmp_path):
     feats = jec.compute_jec_features(paths)
     _check_failed(feats.failed, root)
     assert np.isfinite(feats["lab"][feats.ok]).all() and np.isnan(feats["lab"][~feats.ok]).all()
+    # A file that breaks after the visual stage read it: JEC lists it, gives it no tags of its own, finishes.
+    victim = next(q for q in data["test"].image_paths if q.name.startswith("p"))
+    victim.write_bytes(b"no longer an image")
+    for cache in (tmp_path / "run" / "stages" / "jec_features").glob("*.npz"):
+        cache.unlink()
+    r = p.recommend_baseline("jec")
+    assert [pathlib.Path(f["path"]).name for f in r["failed_images"]] == [victim.name]
+    assert r["scores"].shape[0] == int(cnn["test_ok"].sum())
 
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
