@@ -2,7 +2,6 @@
 hand-crafted backbone, JEC and MobileNetV2; and the reader's peak memory on large photos (slow)."""
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import pathlib
@@ -17,10 +16,11 @@ from dcca_jax import pipeline
 from dcca_jax.baselines import jec
 from dcca_jax.data import datasets
 from dcca_jax.visual import images
+from experiments.configs import image_folder
+from experiments.configs.default import default_tflite_path
 from tests.visual.test_images import png_header_only
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-EXPERIMENTS = ROOT / "experiments"
 WORDS = ("sky", "sea", "tree", "grass", "sand")
 # Files that must be skipped, and why (a substring of the reason).
 BAD = {"zero.jpg": "empty file", "truncated.jpg": "truncated", "text.jpg": "not a recognised image",
@@ -75,19 +75,8 @@ def make_hostile_folder(root: pathlib.Path) -> pathlib.Path:
     return root
 
 
-def _config(kind: str, **overrides):
-    sys.path.insert(0, str(EXPERIMENTS))
-    try:
-        spec = importlib.util.spec_from_file_location(f"cfg_{kind}", EXPERIMENTS / "configs" / f"{kind}.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod.get_config()
-    finally:
-        sys.path.remove(str(EXPERIMENTS))
-
-
 def _pipeline_config(root, backbone):
-    c = _config("image_folder")
+    c = image_folder.get_config()
     c.data.root = str(root)
     c.data.options.test_fraction = 0.3
     c.visual.backbone = backbone
@@ -152,7 +141,7 @@ def test_hostile_folder_handcrafted_and_jec(tmp_path):
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_hostile_folder_mobilenet_and_jec_reads_only_survivors(tmp_path, monkeypatch):
-    weights = pathlib.Path(pipeline.default_tflite_path())
+    weights = pathlib.Path(default_tflite_path())
     if not weights.exists():
         pytest.skip(f"MobileNetV2 weights not found at {weights} (set DCCA_MOBILENET_TFLITE or place ../shared)")
     root = make_hostile_folder(tmp_path / "photos")
@@ -187,7 +176,7 @@ elif backbone == "reader":  # the CNN geometry and JEC's working size, nothing e
         images.read_image(p, min_side=256, max_work_pixels=1 << 20)
     ok, failed = [True] * len(paths), [{"reason": r} for _, r in batch.failed]
 else:
-    cfg = extract.default_backbone_config()
+    cfg = extract.backbone_config()
     cfg.mobilenet_v2.tflite_path = weights
     res = extract.extract_features(paths, backbone=extract.build_backbone(cfg), batch_size=4)
     ok, failed = res.ok, res.failed
@@ -219,7 +208,7 @@ Image.new("RGBA", (10000, 8900), (90, 140, 200, 128)).save(f"{d}/big89mp_rgba.pn
 @pytest.mark.slow
 @pytest.mark.parametrize("backbone", ["handcrafted", "mobilenet_v2"])
 def test_peak_rss_on_large_photos(big_folder, backbone):
-    weights = pipeline.default_tflite_path()
+    weights = default_tflite_path()
     if backbone == "mobilenet_v2" and not pathlib.Path(weights).exists():
         pytest.skip(f"MobileNetV2 weights not found at {weights}")
     paths = [str(big_folder / n) for n in ("photo0.jpg", "big170mp.png", "photo1.jpg", "big89mp_rgba.png")]

@@ -135,7 +135,7 @@ def test_features_of_small_images_are_those_of_the_decoded_file(tmp_path):
     # hands over exactly the decoded pixels, so the hand-crafted backbone's features did not change.
     from dcca_jax.data import synthetic
 
-    cfg = synthetic.default_config()
+    cfg = synthetic.synthetic_config()
     cfg.n_images, cfg.image_size = 6, 128
     root = synthetic.generate(tmp_path / "syn", config=cfg)
     paths = sorted((root / "images").glob("*.png"))[:3]
