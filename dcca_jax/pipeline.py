@@ -38,6 +38,7 @@ from dcca_jax.data import datasets as data_lib
 from dcca_jax.semantic import deepwords
 from dcca_jax.visual import extract as extract_lib
 from dcca_jax.visual import handcrafted as handcrafted_lib
+from dcca_jax.visual import images as images_lib
 from dcca_jax.tagging import metrics as metrics_lib
 from dcca_jax.tagging import recommend as rec_lib
 from dcca_jax.data import synthetic
@@ -106,6 +107,9 @@ def pipeline_config() -> ml_collections.ConfigDict:
     # Centre crop as a fraction of the shorter side before resizing (ImageNet convention 0.875; 1.0 keeps the
     # whole centre square, which suits Corel's 3:2 photos better, see FINDINGS.md).
     c.visual.crop_fraction = 0.875
+    # Images whose declared size has more pixels are refused (named in results.json) before decoding, on
+    # every backbone and in JEC; larger ones are decoded at reduced size (visual.images.open_image).
+    c.visual.max_pixels = images_lib.DEFAULT_MAX_PIXELS
     c.visual.use_autoencoder = True
     c.visual.autoencoder = ae_lib.autoencoder_config()
 
@@ -333,6 +337,8 @@ class Pipeline:
         payload = {"data": data["fingerprint"], "backbone": name}
         if name == "handcrafted":
             payload["standardise"] = "train"  # Gabor statistics of the training split, saved for the tagger
+        if name != "precomputed":
+            payload["max_pixels"] = int(c.max_pixels)
         if name in ("mobilenet_v2", "alexnet"):
             payload["crop_fraction"] = c.crop_fraction
         if name == "mobilenet_v2":
@@ -345,17 +351,18 @@ class Pipeline:
             info = {"backbone": name, "failed": []}
             hc_stats = None
             if name == "handcrafted":
-                hc_stats = handcrafted_lib.gabor_statistics(jec_lib.compute_jec_features(
-                    splits["train"].image_paths, cache_path=self._jec_cache("train")))
+                train_jec = jec_lib.compute_jec_features(splits["train"].image_paths, cache_path=self._jec_cache("train"),
+                                                         max_pixels=int(c.max_pixels))
+                hc_stats = handcrafted_lib.gabor_statistics(train_jec, train_jec.ok)
                 atomic_save_npz(d / "handcrafted_stats.npz", gabor_mean=hc_stats[0], gabor_std=hc_stats[1])
             for split_name, split in splits.items():
                 if name == "precomputed":
                     feats = np.asarray(split.features, np.float32)
                     ok = np.isfinite(feats).all(1)
                 elif name == "handcrafted":
-                    feats = handcrafted_features(split.image_paths, cache_path=self._jec_cache(split_name),
-                                                 stats=hc_stats)
-                    ok = np.ones(len(feats), bool)
+                    feats, ok, failed = handcrafted_features(split.image_paths, cache_path=self._jec_cache(split_name),
+                                                             stats=hc_stats, max_pixels=int(c.max_pixels))
+                    info["failed"] += [{**f, "split": split_name} for f in failed]
                 else:
                     bcfg = extract_lib.backbone_config()
                     bcfg.backbone = name
@@ -367,6 +374,7 @@ class Pipeline:
                         raise PipelineError(f"MobileNetV2 TFLite file not found: {c.tflite_path}; set "
                                             "--config.visual.tflite_path or $DCCA_MOBILENET_TFLITE.")
                     backbone = extract_lib.build_backbone(bcfg)
+                    backbone.preprocess = dataclasses.replace(backbone.preprocess, max_pixels=int(c.max_pixels))
                     res = extract_lib.extract_features(
                         split.image_paths, backbone=backbone, batch_size=c.batch_size,
                         cache_dir=d / f"shards_{split_name}", progress=self.progress)
@@ -546,13 +554,22 @@ class Pipeline:
             if data["train"].image_paths is None:
                 raise PipelineError("JEC needs images; this dataset has precomputed features only. "
                                     "Remove 'jec' from --config.baselines.")
-            tr = jec_lib.compute_jec_features(data["train"].image_paths, cache_path=self._jec_cache("train"))
-            te = jec_lib.compute_jec_features(data["test"].image_paths, cache_path=self._jec_cache("test"))
-            tr = {f: v[rows["train"]] for f, v in tr.items()}
-            te = {f: v[rows["test"]] for f, v in te.items()}
+            # The images the visual stage skipped are not read again; JEC's rows are the same as every method's.
+            skip = {f["path"]: f["reason"] for f in cnn["info"]["failed"]}
+            feats = {s: jec_lib.compute_jec_features(data[s].image_paths, cache_path=self._jec_cache(s), skip=skip,
+                                                     max_pixels=int(c.visual.max_pixels)) for s in ("train", "test")}
+            ok = {s: feats[s].ok[rows[s]] for s in ("train", "test")}
+            extra = [f for s in ("train", "test") for f in feats[s].failed if f["path"] not in skip]
+            tr = {f: v[rows["train"]][ok["train"]] for f, v in feats["train"].items()}
+            te = {f: v[rows["test"]][ok["test"]] for f, v in feats["test"].items()}
             scales = jec_lib.distance_scales(tr, seed=c.seed)
             dist = jec_lib.jec_distances(te, tr, scales=scales)
-            scores = jec_lib.jec_transfer(dist, lab_train, n_tags=n_tags, k=int(c.jec.k))
+            scores = np.full((len(rows["test"]), lab_test.shape[1]), -np.inf)
+            scores[ok["test"]] = jec_lib.jec_transfer(dist, lab_train[ok["train"]], n_tags=n_tags, k=int(c.jec.k))
+            if extra:  # read by the visual stage but not by JEC (a file changed in between): no JEC tags for them
+                logging.warning("JEC could not read %d image(s) the visual stage read: %s", len(extra), extra[:10])
+                return {"scores": scores, "failed_images": extra,
+                        **self._evaluate(scores, lab_test, n_tags, lab_train)}
         else:
             x_tr, x_te = cnn["train"][rows["train"]], cnn["test"][rows["test"]]
             x_fit = cnn["train"][rows["fit"]]
@@ -672,13 +689,20 @@ MODEL_TITLES = {"cca": "DMFR&CCA", "kcca": "DMFR&KCCA", "dcca": "DMFR&DCCA"}
 BASELINE_TITLES = {"jec": "JEC", "general_cca": "General CCA", "cca_knn": "CCA-KNN"}
 
 
-def handcrafted_features(paths, *, cache_path=None, stats=None) -> np.ndarray:
+def handcrafted_features(paths, *, cache_path=None, stats=None, max_pixels: int = images_lib.DEFAULT_MAX_PIXELS
+                         ) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     """A CNN-free visual feature for machines without pretrained weights (1,216-d,
     :mod:`dcca_jax.visual.handcrafted`); ``stats`` = the training (mean, std) of the Gabor energies (default:
-    those of ``paths``)."""
-    feats = jec_lib.compute_jec_features(paths, cache_path=cache_path)
-    mean, std = handcrafted_lib.gabor_statistics(feats) if stats is None else stats
-    return handcrafted_lib.handcrafted_from_jec(feats, gabor_mean=mean, gabor_std=std)
+    those of the readable images of ``paths``). Images are read as JEC reads them (the package's reader at
+    JEC's working size, :func:`dcca_jax.baselines.jec.compute_jec_features`).
+
+    Returns:
+      ``(features (n, 1216) float32, ok (n,) bool, failed [{"index", "path", "reason"}])``; the rows of
+      unreadable images are NaN.
+    """
+    feats = jec_lib.compute_jec_features(paths, cache_path=cache_path, max_pixels=max_pixels)
+    mean, std = handcrafted_lib.gabor_statistics(feats, feats.ok) if stats is None else stats
+    return handcrafted_lib.handcrafted_from_jec(feats, gabor_mean=mean, gabor_std=std), feats.ok, feats.failed
 
 
 def run_pipeline(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, progress: bool = False) -> dict:

@@ -11,6 +11,9 @@ import pathlib
 from typing import Any, Sequence
 
 import numpy as np
+from absl import logging
+
+from dcca_jax.visual import images as images_lib
 
 __all__ = [
     "markdown_tables",
@@ -200,11 +203,14 @@ def plot_sweep(sweep: dict[str, dict[int, float]], path: str | os.PathLike, *, y
 
 
 def gallery(items: Sequence[dict[str, Any]], out_dir: str | os.PathLike, *, thumb: int = 160,
-            columns: int = 4, title: str = "Recommended tags") -> tuple[pathlib.Path, pathlib.Path]:
+            columns: int = 4, title: str = "Recommended tags",
+            max_pixels: int = images_lib.DEFAULT_MAX_PIXELS) -> tuple[pathlib.Path, pathlib.Path]:
     """Figure 3: an HTML page and a PNG contact sheet of images with ground-truth and recommended tags.
 
     Each item has ``path`` (image file), ``truth`` (tags) and ``recommended`` (tags, best first);
-    recommended tags not in the ground truth are marked in red.
+    recommended tags not in the ground truth are marked in red. Images are read by
+    :func:`dcca_jax.visual.images.open_image`; one it refuses (``max_pixels``, corrupt, missing) is drawn as
+    an "unreadable" box and logged.
 
     Returns:
       ``(html_path, png_path)``.
@@ -236,10 +242,11 @@ def gallery(items: Sequence[dict[str, Any]], out_dir: str | os.PathLike, *, thum
     draw = ImageDraw.Draw(sheet)
     for i, it in enumerate(items):
         x, y = (i % columns) * cell_w + 5, (i // columns) * cell_h + 5
-        try:
-            with Image.open(it["path"]) as im:
-                sheet.paste(ImageOps.contain(im.convert("RGB"), (thumb, thumb)), (x, y))
-        except OSError:
+        try:  # the package's reader: same refusals as the visual stage, and a large photo decoded reduced
+            im = images_lib.open_image(it["path"], min_side=thumb, max_pixels=max_pixels)
+            sheet.paste(ImageOps.contain(im, (thumb, thumb)), (x, y))
+        except images_lib.ImageLoadError as e:
+            logging.warning("gallery: %s", e)
             draw.rectangle([x, y, x + thumb, y + thumb], outline="grey")
             draw.text((x + 4, y + 4), "unreadable", fill="grey")
         truth = set(it["truth"])

@@ -27,7 +27,9 @@ in [-128, 128)); KL(query || training) on histograms smoothed with 1e-4 per bin;
 a 64x64 resize and a dead zone of half a grey level for HaarQ; the Gabor filters (one-sided Gaussians in the
 frequency domain at 1/4, 1/8 and 1/16 cycle per pixel, bandwidth one octave) on a 128x128 resize; the maximum of
 each distance estimated on ``n_scale`` training rows against all training images.  Images are resized to squares
-for the texture features (Corel5k photos are 3:2 or 2:3).
+for the texture features (Corel5k photos are 3:2 or 2:3).  Files are read by the package's one reader
+(:func:`dcca_jax.visual.images.open_image`) at a working size (shorter side shrunk towards 256 pixels, at most
+2^20 pixels; smaller images as decoded), and an unreadable file is listed, not fatal.
 
 References:
   Makadia, Pavlovic, Kumar. A new baseline for image annotation. ECCV 2008.
@@ -36,9 +38,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import json
 import os
 import pathlib
-from typing import Sequence
+import zipfile
+from typing import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -48,6 +52,7 @@ from jax.typing import ArrayLike
 from PIL import Image
 
 from dcca_jax._io import atomic_save_npz
+from dcca_jax.visual import images as images_lib
 
 FEATURES = ("rgb", "hsv", "lab", "haar", "haarq", "gabor", "gaborq")
 KL_FEATURES = ("lab",)
@@ -59,6 +64,9 @@ _GABOR_FREQS = (0.25, 0.125, 0.0625)
 _GABOR_ANGLES = (0.0, 45.0, 90.0, 135.0)
 _GABOR_GRID = 4
 _KL_EPS = 1e-4
+# Working size of the features: shorter side shrunk towards 256 px, at most 2^20 pixels (see compute_jec_features).
+_WORK_SIDE = 256
+_WORK_PIXELS = 1 << 20
 
 
 # ---------------------------------------------------------------------------------------------- colour spaces
@@ -210,38 +218,70 @@ def image_features(rgb: np.ndarray, *, bank: np.ndarray | None = None) -> dict[s
     }
 
 
+class JecFeatures(dict):
+    """``{feature name: (n, d_feature)}`` from :func:`compute_jec_features`, with the images that could not be
+    read: ``ok`` ``(n,)`` bool and ``failed`` ``[{"index", "path", "reason"}, ...]``; their rows are NaN."""
+
+    def __init__(self, features: dict[str, np.ndarray], ok: np.ndarray, failed: list[dict]):
+        super().__init__(features)
+        self.ok = np.asarray(ok, bool)
+        self.failed = list(failed)
+
+
+def _cache_key(paths: Sequence[str], max_pixels: int) -> str:
+    blob = "\n".join(paths) + f"\nreader: max_pixels={max_pixels} work={_WORK_SIDE},{_WORK_PIXELS}"
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
 def compute_jec_features(paths: Sequence[str | os.PathLike], *, cache_path: str | os.PathLike | None = None,
-                         dtype=np.float32, num_workers: int = 2) -> dict[str, np.ndarray]:
+                         dtype=np.float32, num_workers: int = 2, max_pixels: int = images_lib.DEFAULT_MAX_PIXELS,
+                         skip: Mapping[str, str] | None = None) -> JecFeatures:
     """JEC features of image files, cached to ``cache_path`` (an ``.npz``) when given.
 
-    The cache stores a hash of the path list and is reused only when it matches; otherwise it is rebuilt.
+    Images are read by the package's reader (:func:`dcca_jax.visual.images.open_image`) at a working size: an
+    image is shrunk by an integer factor while its shorter side stays at least 256 pixels and until at most
+    2^20 pixels remain (JPEGs decoded reduced), so a 12 MP photo costs a few MB. Images at or under that size
+    (Corel5k's 192x128, the synthetic set's 128x128) are used exactly as decoded. A file that cannot be read
+    is skipped, logged and listed in ``failed`` (its row is NaN), never fatal. The cache stores a hash of the
+    path list and of the reader settings and is reused only when both match; otherwise it is rebuilt.
 
     Args:
       paths: image files (any format Pillow reads; converted to RGB).
       cache_path: ``.npz`` file to read or write.
       dtype: storage dtype of the features.
       num_workers: threads (2 featurise Corel5k's 5,000 images in about a minute on this 2-core machine).
+      max_pixels: images whose declared size has more pixels are refused before decoding.
+      skip: ``{path: reason}`` of images an earlier stage could not read: they are not read again, and are
+        listed as failed with that reason.
 
     Returns:
-      {feature name: (n_images, d_feature)} for the names in :data:`FEATURES`.
+      A :class:`JecFeatures`: {feature name: (n_images, d_feature)} for the names in :data:`FEATURES`, with
+      ``ok`` and ``failed``.
     """
     paths = [str(p) for p in paths]
-    key = hashlib.sha256("\n".join(paths).encode()).hexdigest()
+    skip = {str(k): v for k, v in (skip or {}).items()}
+    key = _cache_key(paths, max_pixels)
     if cache_path is not None and pathlib.Path(cache_path).exists():
-        with np.load(cache_path) as z:
-            if str(z["paths_sha256"]) == key and all(f in z for f in FEATURES):
-                logging.info("JEC features: loaded %d images from %s", len(paths), cache_path)
-                return {f: z[f] for f in FEATURES}
-        logging.info("JEC features: cache %s is for another image list; recomputing", cache_path)
+        try:
+            with np.load(cache_path, allow_pickle=False) as z:
+                if str(z["paths_sha256"]) == key and all(f in z for f in FEATURES) and "ok" in z:
+                    logging.info("JEC features: loaded %d images from %s", len(paths), cache_path)
+                    return JecFeatures({f: z[f] for f in FEATURES}, z["ok"], json.loads(str(z["failed"])))
+            logging.info("JEC features: cache %s is for another image list or reader; recomputing", cache_path)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+            logging.warning("JEC features: cache %s is unreadable (%s: %s); recomputing", cache_path,
+                            type(e).__name__, e)
     bank = gabor_bank(_GABOR_SIZE)
 
-    def one(i: int) -> dict[str, np.ndarray]:
+    def one(i: int) -> dict[str, np.ndarray] | str:
         p = paths[i]
+        if p in skip:
+            return f"skipped: {skip[p]}"
         try:
-            with Image.open(p) as im:
-                rgb = np.asarray(im.convert("RGB"))
-        except (OSError, ValueError) as e:
-            raise ValueError(f"cannot read image {p} (entry {i} of the list): {e}") from e
+            rgb = images_lib.read_image(p, min_side=_WORK_SIDE, max_pixels=max_pixels, max_work_pixels=_WORK_PIXELS)
+        except images_lib.ImageLoadError as e:
+            logging.warning("JEC features: skipping unreadable image %s: %s", e.path, e.reason)
+            return e.reason
         return {f: v.astype(dtype) for f, v in image_features(rgb, bank=bank).items()}
 
     # numpy's FFTs, reductions and Pillow's decoder release the GIL: threads use several cores
@@ -251,11 +291,28 @@ def compute_jec_features(paths: Sequence[str | os.PathLike], *, cache_path: str 
             rows.append(r)
             if (i + 1) % 1000 == 0:
                 logging.info("JEC features: %d / %d images", i + 1, len(paths))
-    out = {f: [r[f] for r in rows] for f in FEATURES}
-    feats = {f: np.stack(v) for f, v in out.items()}
+    ok = np.array([isinstance(r, dict) for r in rows], bool)
+    failed = [{"index": i, "path": paths[i], "reason": r} for i, r in enumerate(rows) if isinstance(r, str)]
+    template = next((r for r in rows if isinstance(r, dict)), None)
+    feats = {}
+    for f in FEATURES:
+        width = template[f].shape[0] if template is not None else _feature_width(f)
+        feats[f] = np.full((len(paths), width), np.nan, dtype)
+        for i, r in enumerate(rows):
+            if isinstance(r, dict):
+                feats[f][i] = r[f]
+    if failed:
+        logging.warning("JEC features: %d of %d images could not be read (listed in .failed)", len(failed), len(paths))
     if cache_path is not None:
-        atomic_save_npz(cache_path, paths_sha256=key, **feats)
-    return feats
+        atomic_save_npz(cache_path, paths_sha256=key, ok=ok, failed=json.dumps(failed), **feats)
+    return JecFeatures(feats, ok, failed)
+
+
+def _feature_width(name: str) -> int:
+    n_filters = len(_GABOR_FREQS) * len(_GABOR_ANGLES) * _GABOR_GRID ** 2
+    haar = sum(3 * (_HAAR_SIZE // b) ** 2 for b in _HAAR_BLOCKS)
+    return {"rgb": _BINS ** 3, "hsv": _BINS ** 3, "lab": _BINS ** 3, "haar": haar, "haarq": haar,
+            "gabor": n_filters, "gaborq": 4 * n_filters}[name]
 
 
 # ---------------------------------------------------------------------------------------------- distances

@@ -19,12 +19,13 @@ Corel5k (:func:`load_corel5k`; the TagProp release's files)::
 
 Image folder (:func:`load_image_folder`; your own photos, and the built-in synthetic set)::
 
-    root/tags.tsv          "<file name relative to root>\\t<tag> <tag> ...", UTF-8; '#' lines and blank
-                           lines ignored; a name with an empty tag field is an untagged image
+    root/tags.tsv          "<file name>\\t<tag> <tag> ...", UTF-8; '#' lines and blank lines ignored; a
+                           name with an empty tag field is an untagged image (tags_file= elsewhere)
     root/train_list.txt    optional: one file name per line (with test_list.txt: the split)
     root/test_list.txt     optional; without both lists the split is a seeded random one
     root/vocabulary.txt    optional: the tag vocabulary, one per line; default the sorted training tags
-    root/<file name>       the images
+    root/<file name>       the images: names resolve beside the tags file, or in its images/ subfolder
+                           when more of them are there, or under image_root=
 
 NUS-WIDE (:func:`load_nus_wide`; the official release from lms.comp.nus.edu.sg)::
 
@@ -43,19 +44,23 @@ NUS-WIDE (:func:`load_nus_wide`; the official release from lms.comp.nus.edu.sg):
 
 Precomputed features (:func:`load_features`; e.g. Corel30k, or any dataset already run through a CNN)::
 
-    root/train_features.npy   (n_train, d) float
+    root/train_features.npy   (n_train, d) float (or .npz: one array; or .csv: optional header row)
     root/test_features.npy    (n_test, d)
-    root/train_labels.npy     (n_train, V) 0/1  (or .txt: whitespace 0/1 rows; or .mat: one variable)
+    root/train_labels.npy     (n_train, V) 0/1  (or .npz, .csv; .txt: whitespace 0/1 rows; .mat: one variable)
     root/test_labels.npy      (n_test, V)
     root/vocabulary.txt       V words, one per line
     root/train_ids.txt        optional ids, one per line (default "train/<row>")
     root/test_ids.txt         optional
 
 Problems in the files raise ValueError naming the file and line (malformed line, duplicate name, a list
-entry that is not in tags.tsv, a matrix with the wrong number of rows or a value other than 0/1). An image
-missing from disk raises too, unless ``missing="skip"``: then it is left out and listed in
-``dataset.info["missing_images"]``. Image files present on disk but not named in tags.tsv are ignored and
-counted in ``info["unlisted_files"]``.
+entry that is not in tags.tsv, a matrix with the wrong number of rows or a value other than 0/1, features
+that are not finite in float32 or are constant); the image folder can skip bad tags.tsv lines instead
+(``bad_lines="skip"``, ``encoding_errors="skip"``: logged and listed in ``info["skipped_lines"]``). Images
+missing from disk are logged with the path tried and raise one error, unless ``missing="skip"``: then they
+are left out and listed in ``dataset.info["missing_images"]``, up to ``max_missing_fraction`` of the images.
+Image files present on disk but not named in tags.tsv are ignored and counted in ``info["unlisted_files"]``.
+Whether an image file decodes is not checked here: the visual stage reads every image
+(:func:`dcca_jax.visual.images.open_image`) and lists the ones it cannot.
 """
 from __future__ import annotations
 
@@ -63,10 +68,12 @@ import collections
 import dataclasses
 import os
 import pathlib
+import zipfile
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
+from absl import logging
 
 from dcca_jax.training import validation_split
 
@@ -82,6 +89,7 @@ __all__ = [
     "load_nus_wide",
     "load_features",
     "read_tags_tsv",
+    "TagsFile",
     "LOADERS",
     "load_dataset",
 ]
@@ -215,8 +223,13 @@ def train_validation_split(split: Split, *, fraction: float, seed: int) -> tuple
 # Reading helpers: every error names the file and the line.
 
 
-def _read_lines(path: pathlib.Path, *, errors: str = "strict") -> list[tuple[int, str]]:
-    """(1-based line number, text without the newline) of every line; UTF-8 (a BOM is ignored)."""
+def _read_lines(path: pathlib.Path, *, errors: str = "strict",
+                skipped: list[str] | None = None) -> list[tuple[int, str]]:
+    """(1-based line number, text without the newline) of every line; UTF-8 (a BOM is ignored).
+
+    ``errors``: "strict" (a line that is not UTF-8 raises, naming it), "replace" (U+FFFD) or "skip" (the line
+    is left out, logged, and described in ``skipped``).
+    """
     if not path.is_file():
         raise ValueError(f"missing file {path}: see the layout in the dcca_jax.data.datasets docstring / BUILD.md.")
     out = []
@@ -228,11 +241,17 @@ def _read_lines(path: pathlib.Path, *, errors: str = "strict") -> list[tuple[int
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
+                where = f"{path}:{lineno}: not valid UTF-8 ({e.reason} at byte {e.start})"
                 if errors == "strict":
                     raise ValueError(
-                        f"{path}:{lineno}: not valid UTF-8 ({e.reason} at byte {e.start}); re-save the file as "
-                        "UTF-8, or pass encoding_errors='replace' to decode it with U+FFFD."
+                        f"{where}; re-save the file as UTF-8, or pass encoding_errors='replace' (U+FFFD) or 'skip' "
+                        "(pipeline: --config.data.options.encoding_errors)."
                     ) from None
+                if errors == "skip":
+                    logging.warning("%s; line skipped", where)
+                    if skipped is not None:
+                        skipped.append(f"{where}; skipped")
+                    continue
                 text = raw.decode("utf-8", errors="replace")
             out.append((lineno, text))
     return out
@@ -298,23 +317,42 @@ def _check_binary(m: np.ndarray, path: pathlib.Path) -> np.ndarray:
 
 
 def _resolve_images(
-    root: pathlib.Path, names: Sequence[str], where: Sequence[str], missing: str
+    root: pathlib.Path, names: Sequence[str], where: Sequence[str], missing: str, *,
+    max_missing_fraction: float = 1.0, option_hint: str = "",
 ) -> tuple[list[int], list[pathlib.Path], list[str]]:
-    """Keep the names whose file exists; `where[i]` says which file/line named names[i]."""
+    """Keep the names whose file exists under ``root``; ``where[i]`` says which file/line named names[i].
+
+    Missing files are logged with the path tried (the first 10, then a count). ``missing="error"`` raises one
+    error listing them; ``"skip"`` leaves them out, unless more than ``max_missing_fraction`` of the names are
+    missing (then the error says so: the image root is probably wrong).
+    """
     if missing not in ("error", "skip"):
         raise ValueError(f"missing must be 'error' or 'skip'; got {missing!r}.")
-    keep, paths, gone = [], [], []
+    keep, paths, gone, lines = [], [], [], []
     for i, name in enumerate(names):
         p = root / name
         if p.is_file():
             keep.append(i)
             paths.append(p)
-        elif missing == "error":
-            raise ValueError(
-                f"{where[i]}: image {name!r} not found at {p}; fix the list, add the file, or pass missing='skip'."
-            )
         else:
             gone.append(name)
+            lines.append(f"{where[i]}: image {name!r} not found at {p}")
+    if not gone:
+        return keep, paths, gone
+    listing = "; ".join(lines[:10]) + (f"; and {len(lines) - 10} more" if len(lines) > 10 else "")
+    for line in lines[:10]:
+        logging.warning("%s", line)
+    if len(lines) > 10:
+        logging.warning("... and %d more images not found under %s", len(lines) - 10, root)
+    if missing == "error":
+        raise ValueError(f"{len(gone)} of {len(names)} images not found: {listing}. Fix the list, add the files, "
+                         f"point image_root at the image folder, or pass missing='skip'.{option_hint}")
+    if len(gone) > max_missing_fraction * len(names):
+        raise ValueError(
+            f"{len(gone)} of {len(names)} images ({len(gone) / len(names):.0%}) are missing under {root}, more than "
+            f"max_missing_fraction={max_missing_fraction} (pipeline: --config.data.options.max_missing_fraction): "
+            f"{listing}. Is the image root right? Set image_root (--config.data.options.image_root)."
+        )
     return keep, paths, gone
 
 
@@ -389,54 +427,115 @@ def _check_relative_name(name: str, where: str) -> str:
     return str(p)
 
 
+class TagsFile(NamedTuple):
+    """A parsed tags.tsv (:func:`read_tags_tsv`).
+
+    Attributes:
+      tags: file name -> tags (duplicates inside a line kept once, in order).
+      line_of: file name -> 1-based line number.
+      n_replaced: lines decoded with U+FFFD (``encoding_errors="replace"``).
+      skipped: one message per line left out (``"<file>:<line>: <why>"``).
+    """
+
+    tags: dict[str, tuple[str, ...]]
+    line_of: dict[str, int]
+    n_replaced: int
+    skipped: list[str]
+
+
+_ENCODING_ERRORS = ("strict", "replace", "skip")
+
+
 def read_tags_tsv(
-    path: PathLike, *, encoding_errors: str = "strict", lowercase: bool = False
-) -> tuple[dict[str, tuple[str, ...]], dict[str, int], int]:
-    """Parse a tags.tsv: ``<file name>\\t<tag> <tag> ...`` per line.
+    path: PathLike, *, encoding_errors: str = "strict", lowercase: bool = False, bad_lines: str = "error"
+) -> TagsFile:
+    """Parse a tags.tsv: ``<file name>\\t<tag> <tag> ...`` per line ('#' lines and blank lines ignored).
+
+    What each problem does (every message names the file and the line):
+
+    - a line that is not UTF-8: ``encoding_errors`` "strict" raises, "replace" decodes it with U+FFFD
+      (counted), "skip" leaves the line out with a logged warning;
+    - a line without exactly one TAB, or whose file name is absolute or contains '..': ``bad_lines="error"``
+      raises, ``"skip"`` leaves it out with a logged warning;
+    - a file name listed twice: ``"error"`` raises, ``"skip"`` keeps the first line and logs the second;
+    - an empty tag field is not a problem: the image is untagged (see ``load_image_folder``'s
+      ``drop_untagged_train``).
 
     Args:
       path: the file.
-      encoding_errors: "strict" (a non-UTF-8 line raises, naming the line) or "replace" (U+FFFD, counted).
+      encoding_errors: "strict", "replace" or "skip" (above).
       lowercase: fold tags to lower case.
+      bad_lines: "error" or "skip" (above).
 
     Returns:
-      name -> tags (duplicates inside a line kept once, in order), name -> line number, and the number of
-      lines that needed U+FFFD replacement.
+      A :class:`TagsFile`.
     """
     path = pathlib.Path(path)
-    if encoding_errors not in ("strict", "replace"):
-        raise ValueError(f"encoding_errors must be 'strict' or 'replace'; got {encoding_errors!r}.")
+    if encoding_errors not in _ENCODING_ERRORS:
+        raise ValueError(f"encoding_errors must be one of {_ENCODING_ERRORS}; got {encoding_errors!r}.")
+    if bad_lines not in ("error", "skip"):
+        raise ValueError(f"bad_lines must be 'error' or 'skip'; got {bad_lines!r}.")
     tags: dict[str, tuple[str, ...]] = {}
     line_of: dict[str, int] = {}
     n_replaced = 0
-    for lineno, line in _read_lines(path, errors=encoding_errors):
+    skipped: list[str] = []
+
+    def bad(message: str) -> None:
+        if bad_lines == "error":
+            raise ValueError(message + " (pass bad_lines='skip' to skip such lines; pipeline: "
+                             "--config.data.options.bad_lines=skip).")
+        logging.warning("%s; line skipped", message)
+        skipped.append(message + "; skipped")
+
+    for lineno, line in _read_lines(path, errors=encoding_errors, skipped=skipped):
         if "\ufffd" in line and encoding_errors == "replace":
             n_replaced += 1
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         fields = line.split("\t")
         if len(fields) != 2:
-            raise ValueError(
-                f"{path}:{lineno}: expected '<file name><TAB><space-separated tags>', found {len(fields) - 1} tabs "
-                f"in {line[:80]!r}."
-            )
-        name = _check_relative_name(fields[0].strip(), f"{path}:{lineno}")
+            bad(f"{path}:{lineno}: expected '<file name><TAB><space-separated tags>', found {len(fields) - 1} tabs "
+                f"in {line[:80]!r}")
+            continue
+        try:
+            name = _check_relative_name(fields[0].strip(), f"{path}:{lineno}")
+        except ValueError as e:
+            bad(str(e).rstrip("."))
+            continue
         if name in line_of:
-            raise ValueError(f"{path}:{lineno}: duplicate file name {name!r} (first on line {line_of[name]}).")
+            bad(f"{path}:{lineno}: duplicate file name {name!r} (first on line {line_of[name]}"
+                + (")" if bad_lines == "error" else ", which is kept)"))
+            continue
         ts = fields[1].split()
         if lowercase:
             ts = [t.lower() for t in ts]
         tags[name] = tuple(dict.fromkeys(ts))
         line_of[name] = lineno
     if not tags:
-        raise ValueError(f"{path}: no images listed.")
-    return tags, line_of, n_replaced
+        extra = f" ({len(skipped)} line(s) skipped: {skipped[:3]})" if skipped else ""
+        raise ValueError(f"{path}: no images listed{extra}.")
+    return TagsFile(tags, line_of, n_replaced, skipped)
+
+
+def _choose_image_root(tags_dir: pathlib.Path, names: Sequence[str]) -> tuple[pathlib.Path, list[pathlib.Path]]:
+    """The folder the names resolve in: the tags file's folder, or its ``images/`` subfolder when more of
+    the names exist there (a tags.tsv beside an ``images/`` folder that names bare files)."""
+    candidates = [tags_dir] + [tags_dir / d for d in ("images", "Images") if (tags_dir / d).is_dir()]
+    if len(candidates) == 1:
+        return tags_dir, candidates
+    found = [sum((c / n).is_file() for n in names) for c in candidates]
+    best = candidates[int(np.argmax(found))]  # ties go to the tags file's folder
+    if best != tags_dir:
+        logging.info("image folder: %d of %d names found under %s (%d beside the tags file); reading images from "
+                     "there (set image_root to choose)", max(found), len(names), best, found[0])
+    return best, candidates
 
 
 def load_image_folder(
     root: PathLike,
     *,
-    tags_file: str = "tags.tsv",
+    tags_file: PathLike = "tags.tsv",
+    image_root: PathLike | None = None,
     train_list: PathLike | None = None,
     test_list: PathLike | None = None,
     test_fraction: float = 0.2,
@@ -444,51 +543,82 @@ def load_image_folder(
     vocabulary: Sequence[str] | None = None,
     vocabulary_file: PathLike | None = None,
     missing: str = "error",
+    max_missing_fraction: float = 0.5,
     encoding_errors: str = "strict",
+    bad_lines: str = "error",
+    drop_untagged_train: bool = False,
     lowercase: bool = False,
     name: str | None = None,
 ) -> Dataset:
     """A folder of images with a ``tags.tsv`` (see the module docstring): the format for your own photos.
 
-    The split comes from ``train_list``/``test_list`` (default ``root/train_list.txt`` and
-    ``root/test_list.txt`` when both exist), else from a seeded random permutation with ``test_fraction``
-    of the images in test. The vocabulary is ``vocabulary``, else ``vocabulary_file`` (default
-    ``root/vocabulary.txt`` when present), else the sorted distinct TRAINING tags (test tags never seen in
-    training cannot be learned; they are dropped and counted).
+    File names in the tags file resolve relative to the tags file's folder; when that folder has an
+    ``images/`` subfolder holding more of the names, there (logged). ``image_root`` overrides both. The split
+    comes from ``train_list``/``test_list`` (default ``train_list.txt`` and ``test_list.txt`` beside the tags
+    file when both exist), else from a seeded random permutation with ``test_fraction`` of the images in
+    test. The vocabulary is ``vocabulary``, else ``vocabulary_file`` (default ``vocabulary.txt`` beside the
+    tags file when present), else the sorted distinct TRAINING tags (test tags never seen in training cannot
+    be learned; they are dropped and counted).
+
+    Untagged images (an empty tag field) are valid: the model can recommend tags for them, so the test split
+    keeps them. They cannot teach anything, so ``drop_untagged_train=True`` (the image-folder config's
+    choice) leaves them out of the training split, logged and listed in ``info["untagged_dropped"]``; the
+    default keeps them (Corel5k's convention; the synthetic set's annotation noise makes a few).
 
     Args:
       root: the folder.
-      tags_file: name of the tags file inside root.
+      tags_file: the tags file, relative to root (or absolute).
+      image_root: the folder the file names are relative to (relative to root, or absolute); default ("" or
+        None) above.
       train_list, test_list: optional list files (one file name per line).
       test_fraction, seed: the random split when no lists are given.
       vocabulary, vocabulary_file: see above.
-      missing: "error" or "skip" for images listed but not on disk.
-      encoding_errors: "strict" or "replace" for non-UTF-8 lines in tags.tsv.
+      missing: "error" (one error listing the missing files) or "skip" for images listed but not on disk;
+        either way each missing file is logged with the path tried (the first 10, then a count).
+      max_missing_fraction: with ``missing="skip"``, stop with an error when more than this share of the
+        listed images is missing (a wrong image root, not a few lost files).
+      encoding_errors, bad_lines: what non-UTF-8 lines, lines without a TAB and duplicate names do
+        (:func:`read_tags_tsv`).
+      drop_untagged_train: leave untagged images out of the training split (above).
       lowercase: fold tags to lower case.
       name: dataset name (default: the folder name).
 
     Returns:
-      Dataset; ``info`` has "missing_images", "unlisted_files" (count of image files not in tags.tsv),
-      "unsplit_images" (in tags.tsv but in neither list), "dropped_tags" (per split: tag -> count outside the
-      vocabulary), "untagged" (per split), "replaced_lines".
+      Dataset; ``info`` has "image_root", "missing_images", "skipped_lines" (one message per tags-file line
+      left out), "unlisted_files" (count of image files not in tags.tsv), "unsplit_images" (in tags.tsv but in
+      neither list), "dropped_tags" (per split: tag -> count outside the vocabulary), "untagged" (per split),
+      "untagged_dropped", "replaced_lines".
     """
     root = pathlib.Path(root)
     if not root.is_dir():
         raise ValueError(f"image folder {root} does not exist.")
+    if not 0.0 <= max_missing_fraction <= 1.0:
+        raise ValueError(f"max_missing_fraction must be in [0, 1]; got {max_missing_fraction}.")
     tags_path = root / tags_file
-    tags, line_of, n_replaced = read_tags_tsv(tags_path, encoding_errors=encoding_errors, lowercase=lowercase)
-    info: dict[str, Any] = {"missing_images": [], "replaced_lines": n_replaced}
+    tags_dir = tags_path.parent
+    parsed = read_tags_tsv(tags_path, encoding_errors=encoding_errors, lowercase=lowercase, bad_lines=bad_lines)
+    tags, line_of = parsed.tags, parsed.line_of
+    info: dict[str, Any] = {"missing_images": [], "replaced_lines": parsed.n_replaced,
+                            "skipped_lines": parsed.skipped}
+    if image_root not in (None, ""):
+        img_root, tried = root / image_root, [root / image_root]
+        if not img_root.is_dir():
+            raise ValueError(f"image_root {img_root} is not a folder (pipeline: --config.data.options.image_root).")
+    else:
+        img_root, tried = _choose_image_root(tags_dir, list(tags))
+    info["image_root"] = str(img_root)
 
     listed = set(tags)
     on_disk = [
-        str(p.relative_to(root).as_posix())
-        for p in root.rglob("*")
+        str(p.relative_to(img_root).as_posix())
+        for p in img_root.rglob("*")
         if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
     ]
     info["unlisted_files"] = sum(1 for f in on_disk if f not in listed)
 
-    if train_list is None and test_list is None and (root / "train_list.txt").is_file() and (root / "test_list.txt").is_file():
-        train_list, test_list = root / "train_list.txt", root / "test_list.txt"
+    if (train_list is None and test_list is None and (tags_dir / "train_list.txt").is_file()
+            and (tags_dir / "test_list.txt").is_file()):
+        train_list, test_list = tags_dir / "train_list.txt", tags_dir / "test_list.txt"
     if (train_list is None) != (test_list is None):
         raise ValueError("give both train_list and test_list, or neither (random split).")
     names: dict[str, list[str]] = {}
@@ -521,17 +651,32 @@ def load_image_folder(
             where[split] = [f"{tags_path}:{line_of[n]}" for n in names[split]]
         info["unsplit_images"] = 0
 
-    paths = {}
-    for split in ("train", "test"):
-        keep, paths[split], gone = _resolve_images(root, names[split], where[split], missing)
-        info["missing_images"] += gone
-        names[split] = [names[split][i] for i in keep]
+    tried_hint = "" if len(tried) == 1 else f" (looked in {', '.join(str(t) for t in tried)})"
+    both = names["train"] + names["test"]
+    keep, found, gone = _resolve_images(img_root, both, where["train"] + where["test"], missing,
+                                        max_missing_fraction=max_missing_fraction, option_hint=tried_hint)
+    info["missing_images"] = gone
+    kept = set(keep)
+    n_train = len(names["train"])
+    path_of = {both[i]: p for i, p in zip(keep, found)}
+    for split, offset in (("train", 0), ("test", n_train)):
+        names[split] = [n for k, n in enumerate(names[split]) if k + offset in kept]
         if not names[split]:
-            raise ValueError(f"{tags_path}: the {split} split has no image on disk.")
+            raise ValueError(f"{tags_path}: the {split} split has no image on disk under {img_root}{tried_hint}.")
+    info["untagged_dropped"] = []
+    if drop_untagged_train:
+        info["untagged_dropped"] = [n for n in names["train"] if not tags[n]]
+        if info["untagged_dropped"]:
+            logging.warning("%s: %d untagged training image(s) left out of training (they stay usable as test "
+                            "images), e.g. line %d", tags_path, len(info["untagged_dropped"]),
+                            line_of[info["untagged_dropped"][0]])
+            names["train"] = [n for n in names["train"] if tags[n]]
+            if not names["train"]:
+                raise ValueError(f"{tags_path}: no training image has a tag.")
 
     if vocabulary is None:
-        if vocabulary_file is None and (root / "vocabulary.txt").is_file():
-            vocabulary_file = root / "vocabulary.txt"
+        if vocabulary_file is None and (tags_dir / "vocabulary.txt").is_file():
+            vocabulary_file = tags_dir / "vocabulary.txt"
         if vocabulary_file is not None:
             vocabulary = _read_word_list(pathlib.Path(vocabulary_file))
             if lowercase:
@@ -547,7 +692,7 @@ def load_image_folder(
         labels, canon, dropped = _canonical_tags([tags[n] for n in names[split]], vocabulary)
         info["dropped_tags"][split] = dict(dropped)
         info["untagged"][split] = int(np.sum(labels.sum(axis=1) == 0))
-        splits[split] = Split(split, tuple(names[split]), canon, labels, tuple(paths[split]))
+        splits[split] = Split(split, tuple(names[split]), canon, labels, tuple(path_of[n] for n in names[split]))
     return Dataset(name or root.name, vocabulary, splits["train"], splits["test"], root, info)
 
 
@@ -685,9 +830,65 @@ def load_nus_wide(
 # Precomputed features
 
 
+def _load_array(path: pathlib.Path, key: str | None, *, what: str) -> np.ndarray:
+    """A 2-D array from ``.npy``, ``.npz`` (the only array, or ``key``) or ``.csv`` (comma-separated, an
+    optional header row); every error names the file."""
+    try:
+        if path.suffix == ".npy":
+            return np.load(path, allow_pickle=False)
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                keys = list(z.files)
+                if key is None:
+                    if len(keys) != 1:
+                        raise ValueError(f"{path}: holds arrays {keys}; pass {what}_key to choose one.")
+                    key = keys[0]
+                if key not in keys:
+                    raise ValueError(f"{path}: no array {key!r} (found {keys}).")
+                return z[key]
+    except ValueError as e:
+        if str(path) in str(e):
+            raise
+        raise ValueError(f"{path}: cannot read ({type(e).__name__}: {e}).") from e
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path}: cannot read ({type(e).__name__}: {e}); is the file complete?") from e
+    if path.suffix == ".csv":
+        return _read_csv(path)
+    raise ValueError(f"{path}: unsupported extension {path.suffix!r} (use .npy, .npz or .csv).")
+
+
+def _read_csv(path: pathlib.Path) -> np.ndarray:
+    """Comma-separated numbers, one row per line; a first line that is not all numbers is a header."""
+    rows, width = [], None
+    for k, (lineno, line) in enumerate((ln, t) for ln, t in _read_lines(path) if t.strip()):
+        fields = [f.strip() for f in line.split(",")]
+        try:
+            values = [float(f) for f in fields]
+        except ValueError:
+            if k == 0:
+                continue  # a header row
+            bad = next(f for f in fields if not _is_float(f))
+            raise ValueError(f"{path}:{lineno}: {bad!r} is not a number.") from None
+        if width is not None and len(values) != width:
+            raise ValueError(f"{path}:{lineno}: {len(values)} values, but earlier rows have {width}.")
+        width = len(values)
+        rows.append(values)
+    if not rows:
+        raise ValueError(f"{path}: no rows of numbers.")
+    return np.array(rows, np.float64)
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _load_labels(path: pathlib.Path, label_key: str | None) -> np.ndarray:
-    if path.suffix == ".npy":
-        return _check_binary(np.load(path, allow_pickle=False), path)
+    if path.suffix in (".npy", ".npz", ".csv"):
+        return _check_binary(_load_array(path, label_key, what="label"), path)
     if path.suffix == ".mat":
         import scipy.io
 
@@ -702,6 +903,26 @@ def _load_labels(path: pathlib.Path, label_key: str | None) -> np.ndarray:
     return _read_binary_rows(path, None)
 
 
+def _check_features(feats: np.ndarray, path: pathlib.Path, dtype) -> np.ndarray:
+    """Numeric (n, d), finite in the working dtype (1e300 overflows float32 to inf), and not constant."""
+    feats = np.asarray(feats)
+    if feats.ndim != 2 or not (np.issubdtype(feats.dtype, np.number) or feats.dtype == bool) or 0 in feats.shape:
+        raise ValueError(f"{path}: features must be a numeric (n, d) array; got {feats.dtype} {feats.shape}.")
+    with np.errstate(over="ignore", invalid="ignore"):
+        work = feats.astype(dtype)
+    bad = np.flatnonzero(~np.all(np.isfinite(work), axis=1))
+    if len(bad):
+        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+        raise ValueError(
+            f"{path}: {len(bad)} row(s) hold NaN or inf in {np.dtype(dtype).name} (values beyond "
+            f"{float(np.finfo(dtype).max):.3g} overflow): rows {bad[:10].tolist()}{more} (0-based). Fix or drop them."
+        )
+    if np.all(work == work[:1]):
+        what = "all zero" if not np.any(work) else "constant (every row identical)"
+        raise ValueError(f"{path}: the feature matrix is {what}: it carries no information; check the export.")
+    return work
+
+
 def _find(root: pathlib.Path, stem: str, suffixes: Sequence[str]) -> pathlib.Path:
     for s in suffixes:
         if (root / f"{stem}{s}").is_file():
@@ -709,14 +930,22 @@ def _find(root: pathlib.Path, stem: str, suffixes: Sequence[str]) -> pathlib.Pat
     raise ValueError(f"missing file {root / stem}{{{','.join(suffixes)}}}: see the features layout in BUILD.md.")
 
 
-def load_features(root: PathLike, *, name: str | None = None, label_key: str | None = None) -> Dataset:
+def load_features(root: PathLike, *, name: str | None = None, label_key: str | None = None,
+                  feature_key: str | None = None, dtype=np.float32) -> Dataset:
     """Precomputed features plus a 0/1 label matrix, for any dataset (e.g. Corel30k); layout in the module docstring.
 
+    Features are read from ``.npy``, ``.npz`` or ``.csv`` (comma-separated, with or without a header row);
+    labels from the same formats or ``.txt`` (whitespace 0/1 rows) or ``.mat``. Every error names the file:
+    rows that are not finite in ``dtype`` (the first 10 and a count), a constant or all-zero matrix, wrong
+    shapes, labels other than 0/1.
+
     Args:
-      root: the folder with {train,test}_features.npy, {train,test}_labels.{npy,txt,mat}, vocabulary.txt and
-        optionally {train,test}_ids.txt.
+      root: the folder with {train,test}_features.{npy,npz,csv}, {train,test}_labels.{npy,npz,csv,txt,mat},
+        vocabulary.txt and optionally {train,test}_ids.txt.
       name: dataset name (default: the folder name).
-      label_key: the variable to read from ``.mat`` label files holding several.
+      label_key: the variable/array to read from ``.mat``/``.npz`` label files holding several.
+      feature_key: the array to read from ``.npz`` feature files holding several.
+      dtype: the working dtype the features are checked in and returned as.
 
     Returns:
       Dataset with ``features`` filled and ``image_paths`` None.
@@ -726,17 +955,12 @@ def load_features(root: PathLike, *, name: str | None = None, label_key: str | N
     splits, info = {}, {"untagged": {}}
     dim = None
     for split in ("train", "test"):
-        fpath = _find(root, f"{split}_features", (".npy",))
-        feats = np.load(fpath, allow_pickle=False)
-        if feats.ndim != 2 or not np.issubdtype(feats.dtype, np.number):
-            raise ValueError(f"{fpath}: features must be a numeric (n, d) array; got {feats.dtype} {feats.shape}.")
-        bad = np.flatnonzero(~np.all(np.isfinite(feats), axis=1))
-        if len(bad):
-            raise ValueError(f"{fpath}: rows {bad[:10].tolist()} hold NaN or inf.")
+        fpath = _find(root, f"{split}_features", (".npy", ".npz", ".csv"))
+        feats = _check_features(_load_array(fpath, feature_key, what="feature"), fpath, dtype)
         if dim is not None and feats.shape[1] != dim:
-            raise ValueError(f"{fpath}: {feats.shape[1]} feature columns, but train_features.npy has {dim}.")
+            raise ValueError(f"{fpath}: {feats.shape[1]} feature columns, but the training features have {dim}.")
         dim = feats.shape[1]
-        lpath = _find(root, f"{split}_labels", (".npy", ".mat", ".txt"))
+        lpath = _find(root, f"{split}_labels", (".npy", ".npz", ".csv", ".mat", ".txt"))
         labels = _load_labels(lpath, label_key)
         if labels.shape != (feats.shape[0], len(vocab)):
             raise ValueError(

@@ -16,7 +16,7 @@ index])``: the batches do not depend on the order in which threads run, and a re
 batches the interrupted one would have seen.  Evaluation images get the deterministic geometry of
 :func:`dcca_jax.visual.images.resize_and_crop` (shorter side to ``size / crop_fraction``, centre crop).
 
-Decoding (JPEG -> uint8 RGB, EXIF orientation, colour mode; :func:`dcca_jax.visual.images.to_rgb`) happens once per
+Decoding (JPEG -> uint8 RGB, EXIF orientation, colour mode; :func:`dcca_jax.visual.images.open_image`) happens once per
 image in :class:`DecodedImages`, which keeps the native-size arrays in memory (Corel5k: 5,000 images of
 192 x 128 pixels, 370 MB), so epochs do not re-decode JPEGs.  A missing or corrupt file raises
 :class:`dcca_jax.visual.images.ImageLoadError` naming the file, or (``on_error="skip"``) is recorded in
@@ -32,9 +32,9 @@ from typing import Iterator, Sequence
 
 import ml_collections
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
-from dcca_jax.visual.images import ImageLoadError, normalise, resize_and_crop, to_rgb
+from dcca_jax.visual.images import DEFAULT_MAX_PIXELS, ImageLoadError, normalise, read_image, resize_and_crop
 
 __all__ = [
     "augment_config",
@@ -80,28 +80,18 @@ def _check_config(c) -> None:
         raise ValueError(f"size must be >= 1; got {c.size}.")
 
 
-def decode_image(path: str | os.PathLike) -> np.ndarray:
-    """Decode one file to an upright uint8 RGB ``(H, W, 3)`` array at its native size.
+def decode_image(path: str | os.PathLike, *, min_side: int | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode one file to an upright uint8 RGB ``(H, W, 3)`` array with the package's reader.
+
+    :func:`dcca_jax.visual.images.open_image` does the work (same refusals, colour rules and orientation as
+    every other stage). Native size unless ``min_side`` is given: then a large image is shrunk by an integer
+    factor while its shorter side stays at least ``min_side``.
 
     Raises:
-      ImageLoadError: the file is missing, not an image, truncated or corrupt (the message names it).
+      ImageLoadError: the file is missing, empty, not an image, truncated, corrupt or over ``max_pixels``.
     """
-    path = os.fspath(path)
-    try:
-        with Image.open(path) as img:
-            img.seek(0)
-            img.load()
-            img = to_rgb(ImageOps.exif_transpose(img))
-            arr = np.asarray(img, dtype=np.uint8)
-    except FileNotFoundError as e:
-        raise ImageLoadError(path, f"file not found ({e.strerror})") from e
-    except UnidentifiedImageError as e:
-        raise ImageLoadError(path, "not a recognised image format (corrupt or not an image)") from e
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
-        raise ImageLoadError(path, f"{type(e).__name__}: {e}") from e
-    if arr.ndim != 3 or arr.shape[2] != 3 or min(arr.shape[:2]) < 1:
-        raise ImageLoadError(path, f"decoded to shape {arr.shape}, expected (H, W, 3)")
-    return arr
+    return read_image(path, min_side=min_side, max_pixels=max_pixels)
 
 
 class DecodedImages:
@@ -112,6 +102,7 @@ class DecodedImages:
       on_error: ``"raise"`` (default; :class:`ImageLoadError` naming the file) or ``"skip"`` (the failure is
         recorded in ``failed`` as ``(index, path, reason)`` and the index left out of ``ok``).
       num_workers: decoding threads (Pillow releases the GIL while decoding).
+      min_side, max_pixels: see :func:`decode_image` (``min_side`` bounds the memory of large photos).
 
     Attributes:
       images: list of ``(H_i, W_i, 3)`` uint8 arrays (``None`` for a skipped file).
@@ -119,14 +110,15 @@ class DecodedImages:
       failed: ``[(index, path, reason), ...]``.
     """
 
-    def __init__(self, paths: Sequence[str | os.PathLike], *, on_error: str = "raise", num_workers: int = 2):
+    def __init__(self, paths: Sequence[str | os.PathLike], *, on_error: str = "raise", num_workers: int = 2,
+                 min_side: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip'; got {on_error!r}.")
         self.paths = [os.fspath(p) for p in paths]
 
         def one(p):
             try:
-                return decode_image(p), None
+                return decode_image(p, min_side=min_side, max_pixels=max_pixels), None
             except ImageLoadError as e:
                 if on_error == "raise":
                     raise

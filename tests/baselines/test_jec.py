@@ -122,5 +122,32 @@ def test_compute_features_cache(tmp_path):
         np.testing.assert_array_equal(f[k], again[k])
     one = jec.compute_jec_features(paths[:1], cache_path=cache)  # another list: recomputed, not reused
     np.testing.assert_array_equal(one["lab"], f["lab"][:1])
-    with pytest.raises(ValueError, match="missing.png"):
-        jec.compute_jec_features([tmp_path / "missing.png"])
+    # An unreadable file is listed, not fatal; a file an earlier stage skipped is not read again.
+    got = jec.compute_jec_features([paths[0], tmp_path / "missing.png", paths[1]], skip={str(paths[1]): "bad"})
+    assert got.ok.tolist() == [True, False, False] and np.isnan(got["rgb"][1:]).all()
+    assert [(f["index"], f["path"].endswith("missing.png")) for f in got.failed] == [(1, True), (2, False)]
+    assert "not found" in got.failed[0]["reason"] and got.failed[1]["reason"] == "skipped: bad"
+    np.testing.assert_array_equal(got["gabor"][0], f["gabor"][0])
+
+
+def test_features_of_small_images_are_those_of_the_decoded_file(tmp_path):
+    # The synthetic set's 128x128 images (and Corel5k's 192x128) are under JEC's working size: the reader
+    # hands over exactly the decoded pixels, so the hand-crafted backbone's features did not change.
+    from dcca_jax.data import synthetic
+
+    cfg = synthetic.synthetic_config()
+    cfg.n_images, cfg.image_size = 6, 128
+    root = synthetic.generate(tmp_path / "syn", config=cfg)
+    paths = sorted((root / "images").glob("*.png"))[:3]
+    got = jec.compute_jec_features(paths)
+    for i, p in enumerate(paths):
+        with Image.open(p) as im:
+            want = jec.image_features(np.asarray(im.convert("RGB")))
+        for k in jec.FEATURES:
+            np.testing.assert_array_equal(got[k][i], want[k].astype(np.float32))
+    # A 1200x900 photo is read at 400x300 (shorter side kept >= 256).
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (900, 1200, 3), dtype=np.uint8)).save(tmp_path / "b.png")
+    with Image.open(tmp_path / "b.png") as im:
+        small = np.asarray(im.reduce(3))
+    big = jec.compute_jec_features([tmp_path / "b.png"])
+    np.testing.assert_allclose(big["rgb"][0], jec.image_features(small)["rgb"], atol=1e-7)

@@ -244,8 +244,65 @@ def test_features_loader(tmp_path):
     bad = rng.normal(size=(4, 3))
     bad[2, 1] = np.nan
     np.save(tmp_path / "train_features.npy", bad)
-    with pytest.raises(ValueError, match=r"train_features.npy: rows \[2\] hold NaN"):
+    with pytest.raises(ValueError, match=r"train_features.npy: 1 row\(s\) hold NaN or inf in float32 .*rows \[2\]"):
         ds.load_features(tmp_path)
+
+
+def _features_root(tmp_path, train, test, *, fmt="npy", header=False):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "vocabulary.txt").write_text("a\nb\n")
+    for split, x in (("train", train), ("test", test)):
+        labels = (np.arange(len(x))[:, None] % 2 == np.arange(2)).astype(np.uint8)
+        for stem, arr in ((f"{split}_features", np.asarray(x)), (f"{split}_labels", labels)):
+            for old in tmp_path.glob(stem + ".*"):
+                old.unlink()
+            if fmt == "npy":
+                np.save(tmp_path / f"{stem}.npy", arr)
+            elif fmt == "npz":
+                np.savez(tmp_path / f"{stem}.npz", arr)
+            else:
+                head = ",".join(f"c{j}" for j in range(arr.shape[1])) + "\n" if header else ""
+                rows = "".join(",".join(repr(float(v)) for v in r) + "\n" for r in arr)
+                (tmp_path / f"{stem}.csv").write_text(head + rows)
+    return tmp_path
+
+
+@pytest.mark.parametrize("fmt, header", [("npz", False), ("csv", False), ("csv", True)])
+def test_features_npz_and_csv_match_npy(tmp_path, fmt, header):
+    rng = np.random.default_rng(1)
+    train, test = rng.normal(size=(5, 3)), rng.normal(size=(3, 3))
+    ref = ds.load_features(_features_root(tmp_path / "npy", train, test))
+    got = ds.load_features(_features_root(tmp_path / fmt, train, test, fmt=fmt, header=header))
+    np.testing.assert_array_equal(got.train.features, ref.train.features)
+    np.testing.assert_array_equal(got.test.labels, ref.test.labels)
+    assert got.train.features.dtype == np.float32
+
+
+def test_features_errors_name_the_file_and_rows(tmp_path):
+    rng = np.random.default_rng(2)
+    train = rng.normal(size=(15, 3))
+    train[[1, 3]] = 1e300  # finite in float64, inf in float32
+    train[4:14, 0] = np.inf
+    root = _features_root(tmp_path, train, rng.normal(size=(3, 3)))
+    with pytest.raises(ValueError, match=r"train_features.npy: 12 row\(s\) hold NaN or inf in float32 .*"
+                                         r"rows \[1, 3, 4, 5, 6, 7, 8, 9, 10, 11\] and 2 more"):
+        ds.load_features(root)
+    root = _features_root(tmp_path, np.zeros((4, 3)), rng.normal(size=(3, 3)))
+    with pytest.raises(ValueError, match=r"train_features.npy: the feature matrix is all zero"):
+        ds.load_features(root)
+    root = _features_root(tmp_path, rng.normal(size=(4, 3)), np.full((3, 3), 7.0), fmt="csv")
+    with pytest.raises(ValueError, match=r"test_features.csv: the feature matrix is constant"):
+        ds.load_features(root)
+    (root / "test_features.csv").write_text("x,y,z\n1,2,3\n4,five,6\n")
+    with pytest.raises(ValueError, match=r"test_features.csv:3: 'five' is not a number"):
+        ds.load_features(root)
+    (root / "test_features.csv").unlink()
+    np.savez(root / "test_features.npz", a=np.ones((3, 3)), b=np.ones((3, 3)))
+    with pytest.raises(ValueError, match=r"test_features.npz: holds arrays \['a', 'b'\]; pass feature_key"):
+        ds.load_features(root)
+    (root / "test_features.npz").write_bytes((root / "train_labels.csv").read_bytes()[:5])
+    with pytest.raises(ValueError, match=r"test_features.npz: cannot read"):
+        ds.load_features(root)
 
 
 def test_split_subset_and_validation():
@@ -267,3 +324,63 @@ def test_load_dataset_dispatch(tmp_path):
     assert d.train.ids == ds.load_image_folder(root, test_fraction=0.4, seed=3).train.ids
     with pytest.raises(ValueError, match="unknown dataset kind 'coco'"):
         ds.load_dataset("coco", root)
+
+
+def test_image_folder_tags_beside_images_folder_and_overrides(tmp_path):
+    # tags.tsv beside images/ naming bare files: resolved in images/ (more names found there).
+    for f in ("a.jpg", "b.jpg", "c.jpg"):
+        _img(tmp_path / "images" / f)
+    (tmp_path / "tags.tsv").write_text("a.jpg\tsky\nb.jpg\tsea\nc.jpg\tsky sea\n")
+    d = ds.load_image_folder(tmp_path, test_fraction=0.34)
+    assert d.info["image_root"] == str(tmp_path / "images")
+    assert all(p.parent == tmp_path / "images" and p.is_file() for p in d.train.image_paths + d.test.image_paths)
+    # Explicit tags_file and image_root (relative to root): names resolve under image_root.
+    (tmp_path / "meta").mkdir()
+    (tmp_path / "tags.tsv").rename(tmp_path / "meta" / "labels.tsv")
+    (tmp_path / "images").rename(tmp_path / "pics")
+    with pytest.raises(ValueError, match=r"3 of 3 images not found: .*labels.tsv:1: image 'a.jpg' not found at "
+                                         r".*meta/a.jpg"):
+        ds.load_image_folder(tmp_path, tags_file="meta/labels.tsv", test_fraction=0.34)
+    d = ds.load_image_folder(tmp_path, tags_file="meta/labels.tsv", image_root="pics", test_fraction=0.34)
+    assert sorted(p.name for p in d.train.image_paths + d.test.image_paths) == ["a.jpg", "b.jpg", "c.jpg"]
+    with pytest.raises(ValueError, match=r"image_root .*nowhere is not a folder.*--config.data.options.image_root"):
+        ds.load_image_folder(tmp_path, tags_file="meta/labels.tsv", image_root="nowhere")
+
+
+def test_image_folder_missing_files_are_logged_and_bounded(tmp_path, caplog):
+    names = [f"{i:02d}.png" for i in range(30)]
+    for n in names[:18]:
+        _img(tmp_path / n)
+    (tmp_path / "tags.tsv").write_text("".join(f"{n}\tt{i % 3}\n" for i, n in enumerate(names)))
+    with caplog.at_level("WARNING"):
+        d = ds.load_image_folder(tmp_path, missing="skip", test_fraction=0.25)
+    assert sorted(d.info["missing_images"]) == names[18:] and len(d.train) + len(d.test) == 18
+    found = [r.getMessage() for r in caplog.records if "not found at" in r.getMessage()]
+    assert len(found) == 10 and all(str(tmp_path) in m and "tags.tsv:" in m for m in found)
+    assert any("and 2 more" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ValueError, match=r"12 of 30 images \(40%\) are missing .* more than max_missing_fraction=0.3 "
+                                         r"\(pipeline: --config.data.options.max_missing_fraction\)"):
+        ds.load_image_folder(tmp_path, missing="skip", max_missing_fraction=0.3, test_fraction=0.25)
+
+
+def test_image_folder_bad_lines_skipped_with_their_line(tmp_path, caplog):
+    for f in ("a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"):
+        _img(tmp_path / f)
+    (tmp_path / "tags.tsv").write_bytes(
+        b"a.jpg\tsky\nb.jpg sky sea\nc.jpg\tsea\na.jpg\ttree\nd.jpg\tcaf\xe9\ne.jpg\t\nx\ty\tz\n")
+    with pytest.raises(ValueError, match=r"tags.tsv:5: not valid UTF-8"):
+        ds.load_image_folder(tmp_path, bad_lines="skip")
+    with caplog.at_level("WARNING"):
+        d = ds.load_image_folder(tmp_path, bad_lines="skip", encoding_errors="skip", drop_untagged_train=True,
+                                 train_list=None, test_fraction=0.4, seed=1)
+    assert len([r for r in caplog.records if "line skipped" in r.getMessage()]) == 4
+    skipped = d.info["skipped_lines"]
+    assert [m.split(": ", 1)[0].rsplit(":", 1)[1] for m in skipped] == ["5", "2", "4", "7"]
+    assert "duplicate file name 'a.jpg' (first on line 1, which is kept)" in skipped[2]
+    assert all(str(tmp_path / "tags.tsv") in m for m in skipped)
+    every = d.train.ids + d.test.ids + tuple(d.info["untagged_dropped"])
+    assert sorted(every) == ["a.jpg", "c.jpg", "e.jpg"]
+    parsed = ds.read_tags_tsv(tmp_path / "tags.tsv", bad_lines="skip", encoding_errors="skip")
+    assert parsed.tags == {"a.jpg": ("sky",), "c.jpg": ("sea",), "e.jpg": ()} and parsed.line_of["e.jpg"] == 6
+    # The untagged image never trains; in test it stays (a photo to tag).
+    assert all(t for t in d.train.tags)

@@ -138,3 +138,115 @@ def test_read_list_file(tmp_path):
     ids, paths = images.read_list_file(lf)
     assert ids == ["1000/1003", "2000/2001"]
     assert paths == [str(tmp_path / "1000/1003.jpeg"), str(tmp_path / "2000/2001.jpeg")]
+
+
+def png_header_only(path, width, height):
+    """A PNG whose header declares ``width x height`` but whose file is a few dozen bytes (a pixel bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_16bit_scaled_as_value_over_257(tmp_path):
+    v = np.arange(0, 65536, 97, dtype=np.uint16)[:600].reshape(20, 30)
+    v[0, 0], v[0, 1] = 65535, 32896
+    Image.fromarray(v).save(tmp_path / "g16.png")
+    with Image.open(tmp_path / "g16.png") as im:
+        assert im.mode.startswith("I")  # a 16-bit mode, not 8-bit L
+    got = images.read_image(tmp_path / "g16.png")
+    want = np.rint(v / 257.0).astype(np.uint8)
+    np.testing.assert_array_equal(got, np.repeat(want[..., None], 3, -1))
+    assert got[0, 0, 0] == 255 and got[0, 1, 0] == 128
+
+
+@pytest.mark.parametrize("orientation, hand", [
+    (2, lambda a: a[:, ::-1]), (3, lambda a: a[::-1, ::-1]), (4, lambda a: a[::-1]),
+    (5, lambda a: a.transpose(1, 0, 2)), (6, lambda a: np.rot90(a, -1)), (7, lambda a: a[::-1, ::-1].transpose(1, 0, 2)),
+    (8, lambda a: np.rot90(a, 1)),
+])
+def test_exif_orientation_against_hand_rotated_array(tmp_path, orientation, hand):
+    arr = _gradient(6, 4)
+    arr[0, 0] = (255, 255, 255)  # mark the stored top-left corner
+    img = Image.fromarray(arr)
+    exif = img.getexif()
+    exif[0x0112] = orientation
+    img.save(tmp_path / "o.png", exif=exif)
+    np.testing.assert_array_equal(images.read_image(tmp_path / "o.png"), hand(arr))
+
+
+def test_exif_rotated_large_jpeg_is_reduced_then_rotated(tmp_path):
+    arr = np.zeros((1200, 1600, 3), np.uint8)
+    arr[:, :800] = (255, 0, 0)  # red left half
+    img = Image.fromarray(arr)
+    exif = img.getexif()
+    exif[0x0112] = 6
+    img.save(tmp_path / "r.jpg", exif=exif, quality=95)
+    got = images.read_image(tmp_path / "r.jpg", min_side=256)
+    assert got.shape == (400, 300, 3)  # draft 1/4 (400x300), portrait after rotation
+    assert got[10, 150, 0] > 200 and got[10, 150, 2] < 60 and got[390, 150, 0] < 60  # red on top
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_pixel_limit_refuses_before_decoding_and_names_the_file(tmp_path):
+    big = png_header_only(tmp_path / "bomb.png", 12_000, 10_000)  # 120 MP declared, 70 bytes on disk
+    with pytest.raises(images.ImageLoadError, match=r"bomb.png: declared size 12000x10000 = 120.0 MP exceeds the "
+                                                    r"limit of 89.5 MP.*--config.visual.max_pixels"):
+        images.read_image(big)
+    huge = png_header_only(tmp_path / "huge.png", 100_000, 100_000)  # over Pillow's own bomb limit
+    with pytest.raises(images.ImageLoadError, match=r"huge.png: refused before decoding.*MAX_IMAGE_PIXELS"):
+        images.read_image(huge)
+    Image.new("RGB", (30, 20)).save(tmp_path / "small.png")
+    with pytest.raises(images.ImageLoadError, match="small.png: declared size 30x20"):
+        images.load_image(tmp_path / "small.png", max_pixels=599)
+    assert images.load_image(tmp_path / "small.png", size=8, max_pixels=600).shape == (8, 8, 3)
+    assert Image.MAX_IMAGE_PIXELS == 89_478_485  # Pillow's global setting untouched
+
+
+def test_large_jpeg_decoded_reduced_small_images_unchanged(tmp_path):
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 256, (3000, 4000, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(tmp_path / "big.jpg", quality=80)
+    got = images.read_image(tmp_path / "big.jpg", min_side=256)
+    assert got.shape == (375, 500, 3)  # DCT scaling 1/8, shorter side still >= 256
+    assert images.read_image(tmp_path / "big.jpg", min_side=100).shape == (125, 167, 3)  # 1/8 then reduce(3)
+    # At or under the working size the pixels are exactly the decoded file's (no reduction).
+    small = rng.integers(0, 256, (200, 300, 3), dtype=np.uint8)
+    for name in ("s.png", "s.jpg"):
+        Image.fromarray(small).save(tmp_path / name)
+        with Image.open(tmp_path / name) as im:
+            ref = np.asarray(im.convert("RGB"))
+        np.testing.assert_array_equal(images.read_image(tmp_path / name, min_side=256), ref)
+    # A thin strip under the pixel budget is shrunk to it.
+    assert images.read_image(tmp_path / "big.jpg", max_work_pixels=100_000).size <= 3 * 100_000
+
+
+def test_odd_modes_and_shapes(tmp_path):
+    Image.new("1", (9, 7), 1).save(tmp_path / "bit.png")
+    np.testing.assert_array_equal(images.read_image(tmp_path / "bit.png"), 255)
+    Image.new("LA", (5, 5), (0, 0)).save(tmp_path / "la.png")  # transparent black on white
+    np.testing.assert_array_equal(images.read_image(tmp_path / "la.png"), 255)
+    pal = Image.new("P", (6, 6), 1)
+    pal.putpalette([0, 0, 0, 200, 10, 10] + [0] * 762)
+    pal.info["transparency"] = 0
+    pal.save(tmp_path / "pt.png", transparency=0)
+    np.testing.assert_array_equal(images.read_image(tmp_path / "pt.png")[0, 0], [200, 10, 10])
+    Image.new("RGB", (1, 1), (1, 2, 3)).save(tmp_path / "one.png")
+    assert images.load_image(tmp_path / "one.png", size=16).shape == (16, 16, 3)
+    strip = _gradient(4000, 3)
+    Image.fromarray(strip).save(tmp_path / "strip.png")
+    out = images.load_image(tmp_path / "strip.png", size=224)
+    # The centre of the strip, stretched: the red channel (x position) stays near the middle of its range.
+    assert out.shape == (224, 224, 3) and abs(int(out[112, 112, 0]) - 128) <= 2
+    for name, data in (("empty.jpg", b""), ("text.jpg", b"hello, not an image\n")):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(images.ImageLoadError, match=name):
+            images.read_image(tmp_path / name)
+    with pytest.raises(images.ImageLoadError, match="empty file"):
+        images.read_image(tmp_path / "empty.jpg")
