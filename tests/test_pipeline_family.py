@@ -88,9 +88,7 @@ def family_config(kind: str, root: pathlib.Path):
 
 
 CASES = ["vocabulary_2", "vocabulary_3", "vocabulary_23", "vocabulary_1000", "single_tag", "features_8d", "images_40",
-         pytest.param("tags_beside_images", marks=pytest.mark.xfail(
-             reason="names in tags.tsv resolve against data.root; resolving them beside images/ is branch reader's "
-                    "part of issue 13 (not merged yet)", strict=False))]
+         "tags_beside_images"]
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -141,7 +141,7 @@ def test_folder_with_unreadable_files_is_tagged_and_they_are_listed(run, photos,
     r = outputs.tag_images(run["bundle"], photos, out, n=4)
     assert r["n_tagged"] == 6 and sorted(f["path"] for f in r["failed"]) == ["broken.jpg", "empty.png"]
     # The TSV is the loaders' format: it reads back with the tags of the JSON, which holds the scores.
-    tags, _, _ = datasets.read_tags_tsv(out)
+    tags = datasets.read_tags_tsv(out).tags
     doc = json.loads(out.with_suffix(".json").read_text())
     assert set(tags) == {e["path"] for e in doc["results"]} and "sub/" + pathlib.Path(
         run["test_paths"][5]).name in tags
