@@ -1,14 +1,12 @@
 """dcca_jax.training: the non-finite guard, the metrics writer, restore-or-init checkpoints, early stopping, the split."""
-import contextlib
 import json
-import logging as std_logging
 import math
 
 import jax
-
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tests.conftest import absl_warnings
 
 import dcca_jax
 from dcca_jax import training
@@ -209,7 +207,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, ho
     assert sorted(int(p.name) for p in (tmp_path / training.CHECKPOINT_DIR).iterdir() if p.name.isdigit()) == [2, 3]
     _damage(tmp_path / training.CHECKPOINT_DIR / "3", how)
 
-    with _warnings() as seen:
+    with absl_warnings() as seen:
         again = training.Checkpoints(tmp_path, fingerprint=_fp(), keep=2, job="test job")
         got, meta, step = again.restore_or_init(tree, {})
     assert step == 2 and meta == {"at": 2} and int(got["step"]) == 2
@@ -224,7 +222,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, ho
     # every kept checkpoint damaged: a fresh start, with a warning
     for s in (2, 3):
         _damage(tmp_path / training.CHECKPOINT_DIR / str(s), how)
-    with _warnings() as seen:
+    with absl_warnings() as seen:
         got, meta, step = ckpt.restore_or_init(tree, {"fresh": True})
     ckpt.close()
     assert step is None and meta == {"fresh": True} and got is tree
@@ -241,7 +239,7 @@ def test_auto_encoder_resumes_exactly_from_the_previous_checkpoint_when_the_late
     cfg4 = _small_config(max_epochs=4, checkpoint_every=2, patience=100, hidden_sizes=(16,))
     ae.fit_autoencoder(x, config=cfg4, workdir=str(tmp_path / "run"))  # checkpoints at epochs 2 and 4
     _damage(tmp_path / "run" / training.CHECKPOINT_DIR / "4", "truncate")
-    with _warnings() as seen:
+    with absl_warnings() as seen:
         resumed = ae.fit_autoencoder(x, config=cfg6, workdir=str(tmp_path / "run"))
     assert any("checkpoint at step 4" in m for m in seen), seen
     assert [h["epoch"] for h in resumed.history] == list(range(1, 7))  # epochs 3 and 4 redone from step 2
@@ -249,19 +247,3 @@ def test_auto_encoder_resumes_exactly_from_the_previous_checkpoint_when_the_late
         np.testing.assert_array_equal(a, b)
 
 
-@contextlib.contextmanager
-def _warnings():
-    """The messages of the absl warnings logged inside the block."""
-    seen = []
-
-    class _Keep(std_logging.Handler):
-        def emit(self, record):
-            if record.levelno >= std_logging.WARNING:
-                seen.append(record.getMessage())
-
-    handler, logger = _Keep(), std_logging.getLogger("absl")
-    logger.addHandler(handler)
-    try:
-        yield seen
-    finally:
-        logger.removeHandler(handler)
