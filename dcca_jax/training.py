@@ -7,7 +7,7 @@
 - :class:`Checkpoints`: orbax ``CheckpointManager`` under ``workdir/checkpoints`` with restore-or-initialise:
   each checkpoint holds a pytree (the train state and the best-so-far parameters) and JSON metadata with a
   *fingerprint* of the config and the data sizes; a rerun with the same workdir resumes, a rerun with a
-  different config is refused with the differing fields named; a damaged latest checkpoint is deleted with a
+  different config is refused with the differing fields named; a damaged latest checkpoint is set aside with a
   warning and the previous kept one restored (none restores: a fresh start, with a warning).
 - :class:`EarlyStopping`: patience on a held-out metric, with the best step remembered so the caller can keep
   the best parameters.
@@ -25,6 +25,7 @@ import json
 import math
 import os
 import pathlib
+import shutil
 from typing import Any
 
 import jax
@@ -39,6 +40,7 @@ __all__ = [
     "MetricsWriter",
     "METRICS_FILE",
     "CHECKPOINT_DIR",
+    "DAMAGED_DIR",
     "fingerprint",
     "fingerprint_diff",
     "Checkpoints",
@@ -48,6 +50,7 @@ __all__ = [
 
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
+DAMAGED_DIR = "damaged_checkpoints"
 
 
 # ---------------------------------------------------------------------------------------------------- guard
@@ -204,8 +207,8 @@ class Checkpoints:
         """The latest checkpoint that restores (checked against the fingerprint), else ``(tree, meta)``.
 
         A checkpoint that fails to restore (a truncated or corrupt file, a killed save) is logged as a warning
-        naming its step and the error, deleted (so that training can save that step again), and the next older
-        kept step is tried. When no kept checkpoint restores, training starts fresh with a warning: the
+        naming its step and the error and moved to ``workdir/damaged_checkpoints`` (so that training can save that
+        step again; delete it once inspected), and the next older kept step is tried. When no kept checkpoint restores, training starts fresh with a warning: the
         checkpoints are a cache of the run, which retraining reproduces.
 
         Args:
@@ -225,10 +228,10 @@ class Checkpoints:
             except _FingerprintMismatch as e:
                 raise ValueError(str(e)) from None
             except Exception as e:  # orbax/tensorstore/JSON raise many types for a damaged checkpoint
+                aside = self._set_aside(step)
                 logging.warning(
-                    "%s: the checkpoint at step %d in %s cannot be restored (%s: %s); deleting it and trying the "
-                    "previous one.", self.job, step, self.directory, type(e).__name__, str(e)[:300])
-                self.manager.delete(step)
+                    "%s: the checkpoint at step %d in %s cannot be restored (%s: %s); moved to %s, trying the "
+                    "previous one.", self.job, step, self.directory, type(e).__name__, str(e)[:300], aside)
                 continue
             meta = {k: v for k, v in info.items() if k != "fingerprint"}
             logging.info("%s: resumed from %s at step %d", self.job, self.directory, step)
@@ -237,6 +240,22 @@ class Checkpoints:
             logging.warning("%s: none of the checkpoints %s in %s could be restored; training starts afresh.",
                             self.job, steps, self.directory)
         return tree, meta, None
+
+    def _set_aside(self, step: int) -> pathlib.Path | str:
+        """Moves checkpoint ``step`` out of the manager's folder into ``workdir/damaged_checkpoints`` (kept for
+        inspection, out of the way of a new save of that step); returns where it went."""
+        src = self.directory / str(step)
+        if not src.is_dir():  # another step-name format: let orbax remove it
+            self.manager.delete(step)
+            return "nowhere (deleted)"
+        dst = self.workdir / DAMAGED_DIR / str(step)
+        n = 1
+        while dst.exists():
+            dst, n = self.workdir / DAMAGED_DIR / f"{step}.{n}", n + 1
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(src), str(dst))
+        self.manager.reload()
+        return dst
 
     def _restore_step(self, step: int, tree: Any) -> tuple[Any, dict]:
         import orbax.checkpoint as ocp

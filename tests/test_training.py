@@ -213,7 +213,8 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, ho
     assert step == 2 and meta == {"at": 2} and int(got["step"]) == 2
     np.testing.assert_array_equal(got["w"], np.full(64, 2.0))
     assert any("checkpoint at step 3" in m and "cannot be restored" in m and "previous one" in m for m in seen), seen
-    # the damaged step is gone, so training can save step 3 again and it becomes the latest
+    assert (tmp_path / training.DAMAGED_DIR / "3").is_dir()  # set aside for inspection
+    # the damaged step is out of the manager's folder, so training can save step 3 again and it becomes the latest
     again.save(3, {"w": np.full(64, 3.0), "step": np.array(3, np.int32)}, {"at": 3})
     again.close()
     ckpt = training.Checkpoints(tmp_path, fingerprint=_fp(), keep=2, job="test job")
