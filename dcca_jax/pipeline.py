@@ -9,9 +9,9 @@ Each stage writes into ``workdir/stages/<stage>/`` together with ``key.json``, t
 and the upstream keys it depends on, ``manifest.json`` (size and SHA-256 of each of its files, written after
 them) and a ``DONE`` marker written last. A rerun skips a stage whose key matches, whose ``DONE`` exists and
 whose files match its manifest; a stage with a missing, truncated or corrupt file is logged as a warning naming
-the file and recomputed (and when its new files differ from the recorded ones, the stages computed from it are
-removed and recomputed too); a stage written before manifests existed is reused when its ``.npy``, ``.npz``
-and ``.json`` files decode, and its manifest is recorded then. A stage whose inputs changed is redone (and so
+the file and recomputed (and when its new files differ from the recorded ones, or no manifest recorded them,
+the stages computed from it are removed and recomputed too); a stage written before manifests existed is reused
+when its ``.npy``, ``.npz`` and ``.json`` files decode, and its manifest is recorded then. A stage whose inputs changed is redone (and so
 is everything downstream, since their keys contain its key). An interrupted stage resumes from its own checkpoints
 (feature shards, auto-encoder and DCCA orbax checkpoints).
 
@@ -230,7 +230,7 @@ class Pipeline:
         d = self.stage_dir(name)
         key_file, done = d / "key.json", d / "DONE"
         recorded = _recorded_key(key_file)
-        damaged_manifest = None
+        damaged, old_manifest = False, None
         if done.exists() and recorded == key:
             problems = self._stage_problems(d)
             if not problems:
@@ -238,10 +238,11 @@ class Pipeline:
                 return d, key
             logging.warning("stage %s in %s is damaged and is recomputed: %s", name, d, "; ".join(problems[:10])
                             + (f"; and {len(problems) - 10} more" if len(problems) > 10 else ""))
-            damaged_manifest = _read_manifest(d)
+            damaged, old_manifest = True, _read_manifest(d)
             shutil.rmtree(d)
         elif key_file.exists() and recorded is None:
             logging.warning("stage %s: %s cannot be read; recomputing the stage.", name, key_file)
+            damaged, old_manifest = True, _read_manifest(d)
             shutil.rmtree(d)
         elif key_file.exists() and recorded != key:
             logging.info("stage %s: inputs changed, recomputing", name)
@@ -257,7 +258,8 @@ class Pipeline:
         manifest = self._write_manifest(d)
         done.write_text(key + "\n")
         logging.info("stage %s: done in %.1f s", name, self.timings[name])
-        if damaged_manifest is not None and _outputs(damaged_manifest) != _outputs(manifest):
+        # Without a recorded manifest (an older stage) nothing says the new files equal the old: be safe.
+        if damaged and (old_manifest is None or _outputs(old_manifest) != _outputs(manifest)):
             self._drop_downstream(key, d)
         if self._fail_after == name:
             raise KeyboardInterrupt(f"simulated interruption after stage {name}")
@@ -288,7 +290,8 @@ class Pipeline:
 
     def _drop_downstream(self, key: str, d: pathlib.Path) -> None:
         """Removes every stage whose key was computed from ``key`` (recursively): the recomputed stage ``d``
-        differs from what they were computed from (a stage that recomputes to the same files keeps them)."""
+        differs from what they were computed from, or may (a stage that recomputes to the files its manifest
+        recorded keeps them)."""
         todo = [key]
         while todo:
             k = todo.pop()
@@ -297,8 +300,9 @@ class Pipeline:
                     continue
                 text = other.read_text(errors="replace")
                 if k in text:
-                    logging.warning("stage %s: computed from the old files of %s, which recomputed differently; "
-                                    "removed, it is recomputed when needed.", other.parent.name, d.name)
+                    logging.warning("stage %s: computed from the old files of %s, which recomputed differently (or "
+                                    "had no manifest to compare); removed, it is recomputed when needed.",
+                                    other.parent.name, d.name)
                     todo.append(_recorded_key(other) or "")
                     shutil.rmtree(other.parent)
                     stage = other.parent.name.split("@")[0]
