@@ -32,6 +32,10 @@ __all__ = [
     "jsonable",
     "config_key",
     "package_versions",
+    "listed_files",
+    "file_manifest",
+    "manifest_problems",
+    "decode_problem",
 ]
 
 # Packages whose versions decide the numbers (written beside every result).
@@ -140,3 +144,65 @@ def package_versions() -> dict[str, str]:
             out[name] = "not installed"
     out["jax_backend"] = jax.default_backend()
     return out
+
+
+def _sha256(path: pathlib.Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def listed_files(directory: str | os.PathLike, *, exclude: tuple[str, ...] = ()) -> list[str]:
+    """Relative POSIX paths of the files under ``directory``, sorted, minus ``exclude`` (file names or folders,
+    relative to ``directory``)."""
+    directory, out = pathlib.Path(directory), []
+    for p in sorted(directory.rglob("*")):
+        rel = p.relative_to(directory).as_posix()
+        if p.is_file() and not any(rel == e or rel.startswith(e.rstrip("/") + "/") for e in exclude):
+            out.append(rel)
+    return out
+
+
+def file_manifest(directory: str | os.PathLike, *, exclude: tuple[str, ...] = ()) -> dict[str, dict]:
+    """``{relative path: {"size": bytes, "sha256": hex}}`` of every file under ``directory`` except ``exclude``
+    (file names or folders, relative to ``directory``): what :func:`manifest_problems` checks a reload against.
+    SHA-256 runs at several hundred MB/s, so a stage of tens of MB costs a fraction of a second."""
+    directory = pathlib.Path(directory)
+    return {rel: {"size": (directory / rel).stat().st_size, "sha256": _sha256(directory / rel)}
+            for rel in listed_files(directory, exclude=exclude)}
+
+
+def manifest_problems(directory: str | os.PathLike, manifest: Mapping[str, Mapping]) -> list[str]:
+    """What is wrong with the files of ``directory`` against a :func:`file_manifest`: one line per file that is
+    missing, has another size (truncated or overwritten) or another content hash (corrupt); [] when all match."""
+    directory = pathlib.Path(directory)
+    problems = []
+    for rel, want in manifest.items():
+        p = directory / rel
+        if not p.is_file():
+            problems.append(f"{p}: missing")
+        elif p.stat().st_size != want["size"]:
+            problems.append(f"{p}: {p.stat().st_size} bytes, {want['size']} recorded (truncated or overwritten)")
+        elif _sha256(p) != want["sha256"]:
+            problems.append(f"{p}: content differs from the recorded sha256 (corrupt)")
+    return problems
+
+
+def decode_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` (``.npy``, ``.npz`` or ``.json``) cannot be read back, or None when it can (other files: None).
+    Every array of an ``.npz`` is read, since a truncated archive can still list its members."""
+    path = pathlib.Path(path)
+    try:
+        if path.suffix == ".npy":
+            np.load(path, allow_pickle=False)
+        elif path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                for k in z.files:
+                    z[k]
+        elif path.suffix == ".json":
+            json.loads(path.read_text(encoding="utf-8"))
+    except Exception as e:  # zipfile, numpy and json raise many types for a damaged file
+        return f"{path}: cannot be read ({type(e).__name__}: {e})"
+    return None

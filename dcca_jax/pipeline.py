@@ -6,9 +6,13 @@ deep textual words, section 2) -> correlation models (CCA, KCCA, DCCA; section 3
 the cross-modal correlation score of Table 1) beside the baselines (JEC, general CCA, CCA-KNN).
 
 Each stage writes into ``workdir/stages/<stage>/`` together with ``key.json``, the part of the config
-and the upstream keys it depends on, and a ``DONE`` marker written last. A rerun skips a stage whose key
-matches and whose ``DONE`` exists; a stage whose inputs changed is redone (and so is everything
-downstream, since their keys contain its key). An interrupted stage resumes from its own checkpoints
+and the upstream keys it depends on, ``manifest.json`` (size and SHA-256 of each of its files, written after
+them) and a ``DONE`` marker written last. A rerun skips a stage whose key matches, whose ``DONE`` exists and
+whose files match its manifest; a stage with a missing, truncated or corrupt file is logged as a warning naming
+the file and recomputed (and when its new files differ from the recorded ones, or no manifest recorded them,
+the stages computed from it are removed and recomputed too); a stage written before manifests existed is reused
+when its ``.npy``, ``.npz`` and ``.json`` files decode, and its manifest is recorded then. A stage whose inputs changed is redone (and so
+is everything downstream, since their keys contain its key). An interrupted stage resumes from its own checkpoints
 (feature shards, auto-encoder and DCCA orbax checkpoints).
 
 Protocol (no test leakage): the training split is divided into a *fit* part and a *validation* part
@@ -47,7 +51,9 @@ from dcca_jax.baselines import cca_knn as cca_knn_lib
 from dcca_jax.baselines import general_cca as general_cca_lib
 from dcca_jax.baselines import jec as jec_lib
 from dcca_jax.models.cca import LinearCCA
-from dcca_jax._io import atomic_save_npy, atomic_save_npz, atomic_write_text, config_key, jsonable, package_versions
+from dcca_jax._io import (atomic_save_npy, atomic_save_npz, atomic_write_json, atomic_write_text, config_key,
+                          decode_problem, file_manifest, jsonable, listed_files, manifest_problems,
+                          package_versions)
 
 __all__ = [
     "pipeline_config",
@@ -63,6 +69,10 @@ __all__ = [
 MODEL_NAMES = ("cca", "kcca", "dcca")
 BASELINE_NAMES = ("jec", "general_cca", "cca_knn")
 STAGE_VERSION = 1
+MANIFEST = "manifest.json"
+# Not in a stage's manifest: the bookkeeping files, and "train/" (the resume state of a trained model, whose
+# checkpoints Checkpoints.restore_or_init checks itself; the finished stage never reads it).
+_UNLISTED = ("key.json", "DONE", MANIFEST, "train")
 
 
 class PipelineError(RuntimeError):
@@ -135,6 +145,29 @@ def pipeline_config() -> ml_collections.ConfigDict:
 
 
 # ----------------------------------------------------------------------------------------------- helpers
+def _recorded_key(key_file: pathlib.Path) -> str | None:
+    """The key recorded in a stage's ``key.json``; None when the file is missing or cannot be read."""
+    try:
+        key = json.loads(key_file.read_text()).get("key")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return key if isinstance(key, str) else None
+
+
+def _read_manifest(d: pathlib.Path) -> dict | None:
+    try:
+        files = json.loads((d / MANIFEST).read_text())["files"]
+        return files if isinstance(files, dict) and all(
+            isinstance(v, dict) and {"size", "sha256"} <= set(v) for v in files.values()) else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _outputs(manifest: dict | None) -> dict:
+    """The part of a manifest that later stages depend on (the timing changes on every run)."""
+    return {k: v for k, v in (manifest or {}).items() if k != "timing.json"}
+
+
 @dataclasses.dataclass
 class Views:
     """The two views of every split, aligned row by row with ``labels``."""
@@ -196,10 +229,22 @@ class Pipeline:
         key = config_key({"stage": name, "version": STAGE_VERSION, **key_payload})
         d = self.stage_dir(name)
         key_file, done = d / "key.json", d / "DONE"
-        if done.exists() and key_file.exists() and json.loads(key_file.read_text()).get("key") == key:
-            logging.info("stage %s: up to date (key %s), skipped", name, key)
-            return d, key
-        if key_file.exists() and json.loads(key_file.read_text()).get("key") != key:
+        recorded = _recorded_key(key_file)
+        damaged, old_manifest = False, None
+        if done.exists() and recorded == key:
+            problems = self._stage_problems(d)
+            if not problems:
+                logging.info("stage %s: up to date (key %s), skipped", name, key)
+                return d, key
+            logging.warning("stage %s in %s is damaged and is recomputed: %s", name, d, "; ".join(problems[:10])
+                            + (f"; and {len(problems) - 10} more" if len(problems) > 10 else ""))
+            damaged, old_manifest = True, _read_manifest(d)
+            shutil.rmtree(d)
+        elif key_file.exists() and recorded is None:
+            logging.warning("stage %s: %s cannot be read; recomputing the stage.", name, key_file)
+            damaged, old_manifest = True, _read_manifest(d)
+            shutil.rmtree(d)
+        elif key_file.exists() and recorded != key:
             logging.info("stage %s: inputs changed, recomputing", name)
             shutil.rmtree(d)
         elif d.exists():
@@ -210,11 +255,59 @@ class Pipeline:
         compute(d)
         self.timings[name] = time.perf_counter() - t0
         atomic_write_text(d / "timing.json", json.dumps({"seconds": self.timings[name]}))
+        manifest = self._write_manifest(d)
         done.write_text(key + "\n")
         logging.info("stage %s: done in %.1f s", name, self.timings[name])
+        # Without a recorded manifest (an older stage) nothing says the new files equal the old: be safe.
+        if damaged and (old_manifest is None or _outputs(old_manifest) != _outputs(manifest)):
+            self._drop_downstream(key, d)
         if self._fail_after == name:
             raise KeyboardInterrupt(f"simulated interruption after stage {name}")
         return d, key
+
+    def _write_manifest(self, d: pathlib.Path) -> dict:
+        """Records the size and SHA-256 of every file of the finished stage ``d`` in ``manifest.json`` (written
+        after the stage's files, before ``DONE``)."""
+        manifest = file_manifest(d, exclude=_UNLISTED)
+        atomic_write_json(d / MANIFEST, {"files": manifest})
+        return manifest
+
+    def _stage_problems(self, d: pathlib.Path) -> list[str]:
+        """What is wrong with the files of the finished stage ``d`` (one line each, naming the path); [] when
+        they match its manifest. A stage written before manifests existed is accepted when its ``.npy``,
+        ``.npz`` and ``.json`` files decode, and its manifest is recorded then."""
+        if not (d / MANIFEST).exists():
+            problems = [m for m in map(decode_problem, (d / rel for rel in listed_files(d, exclude=_UNLISTED))) if m]
+            if not problems:
+                self._write_manifest(d)
+                logging.info("stage %s: no manifest (written before manifests existed); its files decode, manifest "
+                             "recorded", d.name)
+            return problems
+        manifest = _read_manifest(d)
+        if manifest is None:
+            return [f"{d / MANIFEST}: cannot be read"]
+        return manifest_problems(d, manifest)
+
+    def _drop_downstream(self, key: str, d: pathlib.Path) -> None:
+        """Removes every stage whose key was computed from ``key`` (recursively): the recomputed stage ``d``
+        differs from what they were computed from, or may (a stage that recomputes to the files its manifest
+        recorded keeps them)."""
+        todo = [key]
+        while todo:
+            k = todo.pop()
+            for other in sorted((self.workdir / "stages").glob("*/key.json")):
+                if other.parent == d or not other.parent.exists():
+                    continue
+                text = other.read_text(errors="replace")
+                if k in text:
+                    logging.warning("stage %s: computed from the old files of %s, which recomputed differently (or "
+                                    "had no manifest to compare); removed, it is recomputed when needed.",
+                                    other.parent.name, d.name)
+                    todo.append(_recorded_key(other) or "")
+                    shutil.rmtree(other.parent)
+                    stage = other.parent.name.split("@")[0]
+                    self._cache.pop({"autoencoder": "ae"}.get(stage, stage), None)
+            todo = [t for t in todo if t]
 
     # ------------------------------------------------------------------------------------------ data
     def stage_data(self, *, resolve: bool = True):

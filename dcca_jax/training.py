@@ -7,7 +7,8 @@
 - :class:`Checkpoints`: orbax ``CheckpointManager`` under ``workdir/checkpoints`` with restore-or-initialise:
   each checkpoint holds a pytree (the train state and the best-so-far parameters) and JSON metadata with a
   *fingerprint* of the config and the data sizes; a rerun with the same workdir resumes, a rerun with a
-  different config is refused with the differing fields named.
+  different config is refused with the differing fields named; a damaged latest checkpoint is set aside with a
+  warning and the previous kept one restored (none restores: a fresh start, with a warning).
 - :class:`EarlyStopping`: patience on a held-out metric, with the best step remembered so the caller can keep
   the best parameters.
 - :func:`validation_split`: the one seeded split of a training set into a fit part and a held-out part.
@@ -24,6 +25,7 @@ import json
 import math
 import os
 import pathlib
+import shutil
 from typing import Any
 
 import jax
@@ -38,6 +40,7 @@ __all__ = [
     "MetricsWriter",
     "METRICS_FILE",
     "CHECKPOINT_DIR",
+    "DAMAGED_DIR",
     "fingerprint",
     "fingerprint_diff",
     "Checkpoints",
@@ -47,6 +50,7 @@ __all__ = [
 
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
+DAMAGED_DIR = "damaged_checkpoints"
 
 
 # ---------------------------------------------------------------------------------------------------- guard
@@ -155,6 +159,10 @@ def fingerprint_diff(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
             if a.get(k, missing) != b.get(k, missing)}
 
 
+class _FingerprintMismatch(Exception):
+    """A checkpoint of another run (not a damaged one): refused, never skipped."""
+
+
 class Checkpoints:
     """orbax checkpoints in ``workdir/checkpoints`` with restore-or-initialise and a config fingerprint.
 
@@ -196,7 +204,12 @@ class Checkpoints:
         return None if step is None else int(step)
 
     def restore_or_init(self, tree: Any, meta: dict) -> tuple[Any, dict, int | None]:
-        """The latest checkpoint if there is one (checked against the fingerprint), else ``(tree, meta)``.
+        """The latest checkpoint that restores (checked against the fingerprint), else ``(tree, meta)``.
+
+        A checkpoint that fails to restore (a truncated or corrupt file, a killed save) is logged as a warning
+        naming its step and the error and moved to ``workdir/damaged_checkpoints`` (so that training can save that
+        step again; delete it once inspected), and the next older kept step is tried. When no kept checkpoint restores, training starts fresh with a warning: the
+        checkpoints are a cache of the run, which retraining reproduces.
 
         Args:
           tree: the freshly initialised pytree (also the template of shapes and dtypes for the restore).
@@ -208,12 +221,48 @@ class Checkpoints:
         Raises:
           ValueError: the checkpoint was written with a different fingerprint (the message names the fields).
         """
+        steps = sorted((int(s) for s in self.manager.all_steps()), reverse=True)
+        for step in steps:
+            try:
+                restored, info = self._restore_step(step, tree)
+            except _FingerprintMismatch as e:
+                raise ValueError(str(e)) from None
+            except Exception as e:  # orbax/tensorstore/JSON raise many types for a damaged checkpoint
+                aside = self._set_aside(step)
+                logging.warning(
+                    "%s: the checkpoint at step %d in %s cannot be restored (%s: %s); moved to %s, trying the "
+                    "previous one.", self.job, step, self.directory, type(e).__name__, str(e)[:300], aside)
+                continue
+            meta = {k: v for k, v in info.items() if k != "fingerprint"}
+            logging.info("%s: resumed from %s at step %d", self.job, self.directory, step)
+            return restored, meta, step
+        if steps:
+            logging.warning("%s: none of the checkpoints %s in %s could be restored; training starts afresh.",
+                            self.job, steps, self.directory)
+        return tree, meta, None
+
+    def _set_aside(self, step: int) -> pathlib.Path | str:
+        """Moves checkpoint ``step`` out of the manager's folder into ``workdir/damaged_checkpoints`` (kept for
+        inspection, out of the way of a new save of that step); returns where it went."""
+        src = self.directory / str(step)
+        if not src.is_dir():  # another step-name format: let orbax remove it
+            self.manager.delete(step)
+            return "nowhere (deleted)"
+        dst = self.workdir / DAMAGED_DIR / str(step)
+        n = 1
+        while dst.exists():
+            dst, n = self.workdir / DAMAGED_DIR / f"{step}.{n}", n + 1
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(src), str(dst))
+        self.manager.reload()
+        return dst
+
+    def _restore_step(self, step: int, tree: Any) -> tuple[Any, dict]:
         import orbax.checkpoint as ocp
 
-        step = self.latest_step()
-        if step is None:
-            return tree, meta, None
         info = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        if not isinstance(info, dict):
+            raise TypeError(f"the checkpoint's metadata is {type(info).__name__}, not a JSON object")
         old = info.get("fingerprint")
         if old is None and self.legacy_fingerprint is not None:
             old = self.legacy_fingerprint(self.workdir)
@@ -221,7 +270,7 @@ class Checkpoints:
             diff = fingerprint_diff(old, self.fingerprint)
             shown = "; ".join(f"{k}: {a!r} in the checkpoint, {b!r} now" for k, a, b in
                               ((k, *v) for k, v in list(diff.items())[:8]))
-            raise ValueError(
+            raise _FingerprintMismatch(
                 f"the checkpoint at step {step} in {self.directory} belongs to a different {self.job} (different "
                 f"config or data size): {shown or 'no fingerprint recorded'}. Use a fresh workdir, or rerun with "
                 f"the old config; only {self.resumable} may change between a run and its resumption."
@@ -229,9 +278,7 @@ class Checkpoints:
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, tree)
         restored = self.manager.restore(
             step, args=ocp.args.Composite(**{self.tree_item: ocp.args.StandardRestore(abstract)}))[self.tree_item]
-        meta = {k: v for k, v in info.items() if k != "fingerprint"}
-        logging.info("%s: resumed from %s at step %d", self.job, self.directory, step)
-        return restored, meta, step
+        return restored, info
 
     def save(self, step: int, tree: Any, meta: dict) -> None:
         """Saves ``tree`` (host copies) and ``meta`` (a deep copy, with the fingerprint) as checkpoint ``step``."""

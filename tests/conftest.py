@@ -1,6 +1,8 @@
 """Shared fixtures: float64 on, the path to ../shared (skipped with a reason when absent), one pipeline run."""
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import pathlib
 
@@ -75,3 +77,21 @@ def fast_compiles():
     jax.config.update("jax_disable_most_optimizations", True)
     yield
     jax.config.update("jax_disable_most_optimizations", old)
+
+
+@contextlib.contextmanager
+def absl_warnings():
+    """Collects the messages of the absl warnings (and errors) logged inside the block into the yielded list."""
+    seen = []
+
+    class _Keep(logging.Handler):
+        def emit(self, record):
+            if record.levelno >= logging.WARNING:
+                seen.append(record.getMessage())
+
+    handler, logger = _Keep(), logging.getLogger("absl")
+    logger.addHandler(handler)
+    try:
+        yield seen
+    finally:
+        logger.removeHandler(handler)

@@ -2,9 +2,11 @@
 import json
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tests.conftest import absl_warnings
 
 import dcca_jax
 from dcca_jax import training
@@ -183,3 +185,66 @@ def test_dataset_split_and_deep_cca_hold_out_the_same_rows():
         training.validation_split(10, n_val=0, seed=0)
     with pytest.raises(ValueError, match="empty part"):
         training.validation_split(10, n_val=10, seed=0)
+
+
+# ------------------------------------------------------------------------------- damaged checkpoints
+def _damage(step_dir, how):
+    """Truncates the largest file of the tree item (``how="truncate"``) or writes junk into the metadata JSON."""
+    if how == "truncate":
+        big = max((p for p in step_dir.rglob("*") if p.is_file() and "meta" not in p.parts), key=lambda p: p.stat().st_size)
+        big.write_bytes(big.read_bytes()[: big.stat().st_size // 2])
+    else:
+        (step_dir / "meta" / "metadata").write_text("{not json")
+
+
+@pytest.mark.parametrize("how", ["truncate", "json"])
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, how):
+    tree = {"w": np.zeros(64), "step": np.array(0, np.int32)}
+    ckpt = training.Checkpoints(tmp_path, fingerprint=_fp(), keep=2, job="test job")
+    for s in (1, 2, 3):
+        ckpt.save(s, {"w": np.full(64, float(s)), "step": np.array(s, np.int32)}, {"at": s})
+    ckpt.close()
+    assert sorted(int(p.name) for p in (tmp_path / training.CHECKPOINT_DIR).iterdir() if p.name.isdigit()) == [2, 3]
+    _damage(tmp_path / training.CHECKPOINT_DIR / "3", how)
+
+    with absl_warnings() as seen:
+        again = training.Checkpoints(tmp_path, fingerprint=_fp(), keep=2, job="test job")
+        got, meta, step = again.restore_or_init(tree, {})
+    assert step == 2 and meta == {"at": 2} and int(got["step"]) == 2
+    np.testing.assert_array_equal(got["w"], np.full(64, 2.0))
+    assert any("checkpoint at step 3" in m and "cannot be restored" in m and "previous one" in m for m in seen), seen
+    assert (tmp_path / training.DAMAGED_DIR / "3").is_dir()  # set aside for inspection
+    # the damaged step is out of the manager's folder, so training can save step 3 again and it becomes the latest
+    again.save(3, {"w": np.full(64, 3.0), "step": np.array(3, np.int32)}, {"at": 3})
+    again.close()
+    ckpt = training.Checkpoints(tmp_path, fingerprint=_fp(), keep=2, job="test job")
+    got, meta, step = ckpt.restore_or_init(tree, {})
+    assert step == 3 and meta == {"at": 3}
+    # every kept checkpoint damaged: a fresh start, with a warning
+    for s in (2, 3):
+        _damage(tmp_path / training.CHECKPOINT_DIR / str(s), how)
+    with absl_warnings() as seen:
+        got, meta, step = ckpt.restore_or_init(tree, {"fresh": True})
+    ckpt.close()
+    assert step is None and meta == {"fresh": True} and got is tree
+    assert any("none of the checkpoints [3, 2]" in m and "starts afresh" in m for m in seen), seen
+
+
+def test_auto_encoder_resumes_exactly_from_the_previous_checkpoint_when_the_latest_is_truncated(tmp_path):
+    from tests.visual.test_autoencoder import _manifold, _small_config
+    from dcca_jax.visual import autoencoder as ae
+
+    x = _manifold(300, 3, d=8)
+    cfg6 = _small_config(max_epochs=6, checkpoint_every=2, patience=100, hidden_sizes=(16,))
+    full = ae.fit_autoencoder(x, config=cfg6)
+    cfg4 = _small_config(max_epochs=4, checkpoint_every=2, patience=100, hidden_sizes=(16,))
+    ae.fit_autoencoder(x, config=cfg4, workdir=str(tmp_path / "run"))  # checkpoints at epochs 2 and 4
+    _damage(tmp_path / "run" / training.CHECKPOINT_DIR / "4", "truncate")
+    with absl_warnings() as seen:
+        resumed = ae.fit_autoencoder(x, config=cfg6, workdir=str(tmp_path / "run"))
+    assert any("checkpoint at step 4" in m for m in seen), seen
+    assert [h["epoch"] for h in resumed.history] == list(range(1, 7))  # epochs 3 and 4 redone from step 2
+    for a, b in zip(jax.tree_util.tree_leaves(full.params), jax.tree_util.tree_leaves(resumed.params)):
+        np.testing.assert_array_equal(a, b)
+
+
