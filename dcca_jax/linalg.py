@@ -30,7 +30,9 @@ def _is_concrete(x) -> bool:
 def as_float_array(x: ArrayLike, *, name: str = "x", ndim: int | None = 2) -> jax.Array:
     """Converts ``x`` to a floating JAX array and validates rank and finiteness.
 
-    Integer and boolean input becomes JAX's default float dtype; float32/float64 keep their dtype.
+    Integer and boolean input becomes JAX's default float dtype; float32/float64 keep their dtype;
+    float16/bfloat16 become float32 (the models compute in float32 at least: jaxlib's Cholesky and eigh
+    have no half-precision kernels, and half-precision covariances lose the small canonical directions).
     Finiteness is checked only for concrete (non-traced) values, so the function can be jitted.
 
     Raises:
@@ -39,6 +41,8 @@ def as_float_array(x: ArrayLike, *, name: str = "x", ndim: int | None = 2) -> ja
     arr = jnp.asarray(x)
     if not jnp.issubdtype(arr.dtype, jnp.floating):
         arr = arr.astype(jnp.result_type(float))
+    elif jnp.finfo(arr.dtype).bits < 32:
+        arr = arr.astype(jnp.float32)
     if ndim is not None and arr.ndim != ndim:
         raise ValueError(f"{name} must be a {ndim}-D array of shape (n, d); got shape {arr.shape}.")
     if _is_concrete(arr):

@@ -289,7 +289,7 @@ def check_data_parallel():
     nd = jax.local_device_count()
     bs = 64 * nd if _TINY.value else 1000 * nd
     x_v, x_s = correlated_views(bs, 40, 30, latent=8, seed=3, dtype=np.float32)
-    cfg = dcca.dcca_config()
+    cfg = dcca.dcca_config("paper")
     cfg.towers.update(visual_hidden=(64,), semantic_hidden=(64,), out_dim=8, activation="relu", batch_norm=True)
     cfg.learning_rate = 1e-3
     tv = make_tower(hidden=(64,), out_dim=8, activation="relu", batch_norm=True)
@@ -327,8 +327,8 @@ def check_data_parallel():
 
 
 def _dcca_config(hidden, out_dim, batch, epochs, compute_dtype):
-    from dcca_jax import DeepCCA
-    cfg = DeepCCA.default_config()
+    from dcca_jax.models.dcca import dcca_config
+    cfg = dcca_config("paper")
     cfg.towers.visual_hidden = cfg.towers.semantic_hidden = hidden
     cfg.towers.out_dim = out_dim
     cfg.towers.activation = "relu"

@@ -14,6 +14,12 @@ from dcca_jax.sizes import SizeError
 USER_ERRORS = (PipelineError, FileNotFoundError, NotADirectoryError, ValueError, KeyError)
 
 
+# Loggers whose INFO lines are noise in a main's console: jax's accelerator probe ("Unable to initialize
+# backend 'tpu'" on every CPU/GPU host) and gensim's per-build lifecycle lines. The library leaves logging
+# configuration to the application (dcca_jax.semantic.skipgram only quiets gensim around its own calls).
+NOISY_LOGGERS = ("jax._src.xla_bridge", "gensim")
+
+
 class _QuietLibraries:
     """Drops orbax's per-checkpoint INFO chatter from the console (warnings and errors still show)."""
 
@@ -21,6 +27,14 @@ class _QuietLibraries:
         import logging as py_logging
 
         return record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname
+
+
+def quiet_noisy_loggers() -> None:
+    """Raises :data:`NOISY_LOGGERS` to WARNING, so INFO (absl's level in the mains) shows only our lines."""
+    import logging as py_logging
+
+    for name in NOISY_LOGGERS:
+        py_logging.getLogger(name).setLevel(py_logging.WARNING)
 
 
 def parse_flags(argv):
@@ -41,6 +55,7 @@ def run(argv, fn: Callable[[], None]) -> None:
         sys.exit(f"error: unexpected arguments {argv[1:]} (flags are --name=value)")
     logging.set_verbosity(logging.INFO)
     logging.get_absl_handler().addFilter(_QuietLibraries())
+    quiet_noisy_loggers()
     try:
         fn()
     except USER_ERRORS as e:

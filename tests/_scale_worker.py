@@ -84,7 +84,7 @@ def dcca_setup(policy=None):
     from dcca_jax.distributed import with_precision
     from dcca_jax.models.towers import make_tower
 
-    cfg = dcca.dcca_config()
+    cfg = dcca.dcca_config("paper")
     cfg.towers.update(visual_hidden=(16,), semantic_hidden=(16,), out_dim=O, batch_norm=True, dropout=0.1)
     cfg.learning_rate = 1e-2
     # float64 parameters without a policy, so the sharded/unsharded comparison is at float64 round-off.
@@ -263,7 +263,7 @@ def run_multiprocess(out, port, process_id, num_processes):
     # The whole data-parallel fit: held-out part on every process, early stopping, final CCA over all rows.
     from dcca_jax.models import dcca
 
-    cfg = dcca.dcca_config()
+    cfg = dcca.dcca_config("paper")
     cfg.towers.update(visual_hidden=(8,), semantic_hidden=(8,), out_dim=3, residual_cca=True)
     cfg.update(batch_size=48, epochs=3, learning_rate=1e-2, dtype="float64", validation_fraction=0.25)
     model = dist.fit_dcca_data_parallel(local_v, local_s, cfg, mesh)

@@ -4,7 +4,7 @@ import pytest
 
 from dcca_jax.blas import blas_thread_counts, limit_blas_threads
 from dcca_jax.data.synthetic import correlated_views
-from dcca_jax.models.dcca import DeepCCA
+from dcca_jax.models.dcca import DeepCCA, dcca_config
 
 # numpy is linked against an OpenBLAS that threadpoolctl can see; without one nothing can be checked.
 pytestmark = pytest.mark.skipif(not blas_thread_counts(), reason="no BLAS library visible to threadpoolctl")
@@ -30,7 +30,7 @@ def test_none_leaves_libraries_alone_and_bad_limit_raises():
 
 
 def _small_config(**kw):
-    cfg = DeepCCA.default_config()
+    cfg = dcca_config("paper")
     cfg.towers.visual_hidden = cfg.towers.semantic_hidden = (16,)
     cfg.towers.out_dim = 3
     cfg.batch_size, cfg.epochs, cfg.validation_fraction, cfg.patience = 100, 2, 0.0, 0

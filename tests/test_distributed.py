@@ -288,7 +288,7 @@ def test_fit_dcca_data_parallel_starts_at_cca_and_improves(tmp_path):
     x_v, x_s = W.data()
     x_v = np.concatenate([x_v, x_v * 0.5 + 0.1], axis=0)  # 192 rows: two global batches of 96
     x_s = np.concatenate([x_s, x_s], axis=0)
-    cfg = dcca.dcca_config()
+    cfg = dcca.dcca_config("paper")
     cfg.towers.update(visual_hidden=(8,), semantic_hidden=(8,), out_dim=3, residual_cca=True, cca_init_ridge=1e-3)
     cfg.update(batch_size=96, epochs=0, learning_rate=1e-2, dtype="float64", validation_fraction=0.0)
     mesh = dist.make_mesh()
@@ -332,7 +332,7 @@ def test_fit_dcca_data_parallel_early_stops_and_ends_with_the_final_cca(tmp_path
     from dcca_jax.training import validation_split
 
     x_v, x_s = W.data()
-    cfg = dcca.dcca_config()
+    cfg = dcca.dcca_config("paper")
     cfg.towers.update(visual_hidden=(8,), semantic_hidden=(8,), out_dim=3, residual_cca=True, cca_init_ridge=1e-3)
     cfg.update(batch_size=48, epochs=10, patience=1, learning_rate=0.1, dtype="float64")
     # Held-out pairs whose pairing is broken: their correlation only fluctuates, so patience 1 stops early.

@@ -75,10 +75,7 @@ def train_tag_word2vec(labels: ArrayLike, words: Sequence[str], *, dim: int = 10
     Returns:
       (V, dim) float32 vectors, row w for ``words[w]``.
     """
-    import logging as py_logging
-
-    py_logging.getLogger("gensim").setLevel(py_logging.WARNING)  # one INFO line per epoch otherwise
-
+    # skipgram.word2vec quiets gensim's per-epoch INFO lines around the call (no global logging change).
     y = np.asarray(labels) > 0
     if y.shape[1] != len(words):
         raise ValueError(f"labels {y.shape} has {y.shape[1]} columns but {len(words)} words were given")

@@ -205,6 +205,8 @@ def chunk_stats(
         dtype = np.result_type(x_v.dtype, x_s.dtype)
         if not np.issubdtype(dtype, np.floating):
             dtype = np.float64
+        elif np.finfo(dtype).bits < 32:
+            dtype = np.float32  # no half-precision sums: float16 co-moments overflow and lose digits
     dtype = jnp.dtype(jax.dtypes.canonicalize_dtype(dtype))
     x = np.concatenate([x_v.astype(dtype, copy=False), x_s.astype(dtype, copy=False)], axis=1)
     if shift is None:

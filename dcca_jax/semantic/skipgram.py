@@ -37,6 +37,7 @@ References:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -189,11 +190,25 @@ def word2vec(sentences: Sequence[Sequence[str]], *, vector_size: int, window: in
 
     if workers != 1:
         logging.warning("skip-gram with workers=%d is not deterministic; use workers=1 to reproduce runs.", workers)
-    return Word2Vec(
-        sentences=sentences, vector_size=vector_size, window=window, min_count=min_count, sg=1, hs=0,
-        negative=negative, ns_exponent=ns_exponent, sample=sample, alpha=alpha, min_alpha=min_alpha, epochs=epochs,
-        seed=seed, workers=workers, hashfxn=stable_hash,
-    )
+    with _quiet_gensim():
+        return Word2Vec(
+            sentences=sentences, vector_size=vector_size, window=window, min_count=min_count, sg=1, hs=0,
+            negative=negative, ns_exponent=ns_exponent, sample=sample, alpha=alpha, min_alpha=min_alpha,
+            epochs=epochs, seed=seed, workers=workers, hashfxn=stable_hash,
+        )
+
+
+@contextlib.contextmanager
+def _quiet_gensim():
+    """gensim logs INFO lines on every vocabulary build and training pass: WARNING and up only, then restore."""
+    logger = logging.getLogger("gensim")
+    old = logger.level
+    if logger.getEffectiveLevel() < logging.WARNING:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
 
 
 def train_skipgram(train_tags: Sequence[Sequence[str]], *, config: ml_collections.ConfigDict | None = None) -> WordVectors:

@@ -64,7 +64,7 @@ def _matmul_rate(n: int, repeats: int = 20) -> dict:
 def _jax_epochs(x_v, x_s, objective: str, epochs: int) -> list[float]:
     from dcca_jax.models.dcca import DeepCCA, dcca_config
 
-    cfg = dcca_config()
+    cfg = dcca_config("paper")
     cfg.towers.visual_hidden = cfg.towers.semantic_hidden = HIDDEN
     cfg.towers.out_dim = OUT_DIM
     cfg.towers.activation = _ACT.value

@@ -193,7 +193,7 @@ def child_dcca(n: int) -> dict:
     from dcca_jax.models.towers import make_tower
 
     batch = 1000
-    cfg = dcca.dcca_config()
+    cfg = dcca.dcca_config("paper")
     tv = make_tower(hidden=(1024, 1024), out_dim=50, activation="sigmoid")
     ts = make_tower(hidden=(1024, 1024), out_dim=50, activation="sigmoid")
     pv, ps = ensure_views(pathlib.Path(FLAGS.cache_dir), int(FLAGS.cca_sizes[-1]), FLAGS.d_v, FLAGS.d_s)

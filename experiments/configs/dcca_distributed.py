@@ -11,7 +11,7 @@ from dcca_jax.models.dcca import dcca_config
 
 
 def get_config():
-    c = dcca_config()
+    c = dcca_config("paper")
     c.towers.update(visual_hidden=(1024, 1024), semantic_hidden=(1024, 1024), out_dim=50, residual_cca=True)
     c.batch_size = 1024
     c.epochs = 10

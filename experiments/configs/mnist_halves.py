@@ -27,7 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.run_kcca = True
     c.kcca = kcca_mnist_config()  # the KernelCCA config given to dcca_jax.data.mnist.fit_kcca_mnist
     c.objectives = ("trace_norm", "top_k", "frobenius", "sum_squares", "eq6")
-    d = dcca_config()
+    d = dcca_config("paper")
     d.towers.visual_hidden = (1024, 1024)
     d.towers.semantic_hidden = (1024, 1024)
     d.towers.out_dim = 50

@@ -47,3 +47,19 @@ def test_distributed_args_from_flags_and_environment():
     with pytest.raises(ValueError, match="JAX_NUM_PROCESSES='two'"):
         cli_common.distributed_args({"JAX_NUM_PROCESSES": "two"})
 
+
+
+def test_mains_quiet_the_accelerator_probe_and_gensim(caplog):
+    import logging as py_logging
+
+    old = {name: py_logging.getLogger(name).level for name in cli_common.NOISY_LOGGERS}
+    try:
+        cli_common.quiet_noisy_loggers()
+        with caplog.at_level(py_logging.INFO):
+            # The line jax logs at INFO on a host without TPUs.
+            py_logging.getLogger("jax._src.xla_bridge").info("Unable to initialize backend 'tpu'")
+            py_logging.getLogger("gensim.models.word2vec").info("collecting all words and their counts")
+        assert caplog.records == []
+    finally:
+        for name, level in old.items():
+            py_logging.getLogger(name).setLevel(level)

@@ -9,11 +9,19 @@ import pytest
 from dcca_jax.models.base import load_model
 from dcca_jax.models.cca import LinearCCA
 from dcca_jax.data.synthetic import correlated_views
-from dcca_jax.models.dcca import (DCCATrainState, DeepCCA, NonFiniteLossError, make_optimizer, make_train_chunk,
-                           make_train_step)
+from dcca_jax.models.dcca import (DCCATrainState, DeepCCA, NonFiniteLossError, dcca_config, make_optimizer,
+                                  make_train_chunk, make_train_step)
 from dcca_jax.models.towers import make_tower
 
-TINY = dict(
+
+def _paper(**fields) -> dict:
+    """A complete config dict: the paper preset (the library default these tests were written for) + fields."""
+    cfg = dcca_config("paper")
+    cfg.update(fields)
+    return cfg.to_dict()
+
+
+TINY = _paper(
     towers=dict(visual_hidden=(16,), semantic_hidden=(16,), out_dim=2, activation="tanh"),
     batch_size=250,
     learning_rate=2e-2,
@@ -212,8 +220,8 @@ def test_nonfinite_loss_raises_with_advice():
     # without a ridge, so the whitening is NaN from the first step.
     x_v = rng.standard_normal((200, 1)).astype(np.float32)
     x_s = rng.standard_normal((200, 3)).astype(np.float32)
-    cfg = dict(TINY, ridge_v=0.0, ridge_s=0.0, towers=dict(visual_hidden=(), semantic_hidden=(), out_dim=3,
-                                                              activation="identity"), batch_size=100)
+    cfg = dict(TINY, ridge_v=0.0, ridge_s=0.0, towers=dict(TINY["towers"], visual_hidden=(), semantic_hidden=(),
+                                                              out_dim=3, activation="identity"), batch_size=100)
     with pytest.raises(NonFiniteLossError, match=r"ridge_v/ridge_s .* learning_rate .*batch_size") as err:
         DeepCCA(cfg).fit(x_v, x_s)
     assert "step 1" in str(err.value)
@@ -289,3 +297,33 @@ def test_fit_seconds_accumulate_over_resumes(nonlinear_pair, tmp_path):
     assert [r["epoch"] for r in second.history] == [0, 1]
     assert second.history[0]["elapsed_s"] == first.history[0]["elapsed_s"]  # restored from the file
     assert second.fit_seconds >= second.history[-1]["elapsed_s"] > first.history[0]["elapsed_s"]
+
+
+def _defaults_vs_linear(nonlinear: bool, seed: int) -> tuple[float, float]:
+    """Held-out total correlation (50 components) of DeepCCA() with library defaults and of LinearCCA."""
+    x_v, x_s = correlated_views(2000, 76, 64, nonlinear=nonlinear, seed=seed, dtype=np.float32)
+    tr, te = slice(0, 1000), slice(1000, 2000)
+    linear = LinearCCA(n_components=50).fit(x_v[tr], x_s[tr])
+    deep = DeepCCA(seed=seed, log_every=10**9).fit(x_v[tr], x_s[tr])
+    return float(jnp.sum(deep.score(x_v[te], x_s[te]))), float(jnp.sum(linear.score(x_v[te], x_s[te])))
+
+
+def test_default_config_is_the_pipeline_setting_and_paper_is_a_preset():
+    c = DeepCCA().config
+    assert (c.towers.activation, c.towers.residual_cca, c.towers.dropout) == ("relu", True, 0.1)
+    assert c.validation_fraction > 0 and c.patience > 0 and c.epochs >= 100 and c.batch_size == 128
+    p = dcca_config("paper")
+    assert (p.towers.activation, p.towers.residual_cca, p.towers.dropout, p.epochs) == ("sigmoid", False, 0.0, 10)
+    assert p.towers.visual_hidden == (1024, 1024) and p.batch_size == 1000
+    with pytest.raises(ValueError, match="preset"):
+        dcca_config("sigmoid")
+
+
+# Measured (held-out totals, DeepCCA() / LinearCCA): linear pairs 13.99/13.88, 13.82/13.97, 13.27/13.31;
+# nonlinear pairs 0.40/0.08, -0.11/-0.26, 0.40/-0.20 (seeds 0-2). The paper preset: 13.82, 13.97, 13.26 and
+# -0.01, 0.20, -0.22 (these pairs separate the settings little; the gap was on the issue's real 76-d/64-d pair).
+@pytest.mark.parametrize("nonlinear", [False, True])
+@pytest.mark.parametrize("seed", [0, pytest.param(1, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow)])
+def test_defaults_do_not_lose_to_linear_cca_held_out(nonlinear, seed):
+    deep, linear = _defaults_vs_linear(nonlinear, seed)
+    assert deep >= linear - 0.3, (deep, linear)

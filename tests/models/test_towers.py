@@ -159,11 +159,12 @@ def test_bfloat16_compute_keeps_float32_params_and_output(residual_cca):
 def test_deep_cca_bfloat16_compute_dtype_trains_close_to_float32():
     from dcca_jax import DeepCCA
     from dcca_jax.data.synthetic import correlated_views
+    from dcca_jax.models.dcca import dcca_config
 
     x_v, x_s = correlated_views(600, 12, 10, latent=4, seed=0)
     fits = {}
     for cd in (None, "bfloat16"):
-        cfg = DeepCCA.default_config()
+        cfg = dcca_config("paper")
         cfg.towers.update(visual_hidden=(32,), semantic_hidden=(32,), out_dim=4, activation="relu")
         cfg.update(batch_size=200, epochs=3, validation_fraction=0.0, compute_dtype=cd, blas_threads=None)
         fits[cd] = DeepCCA(cfg).fit(np.asarray(x_v, np.float32), np.asarray(x_s, np.float32))

@@ -115,3 +115,15 @@ def test_deterministic_across_processes_and_hash_seeds(tmp_path):
     corpus = [[f"t{j}" for j in rng.choice(30, size=4, replace=False)] for _ in range(200)]
     other = skipgram.train_skipgram(corpus, config=cfg)
     assert not np.array_equal(other.vectors[: len(outs[0].words)], outs[0].vectors)
+
+
+def test_word2vec_logs_no_gensim_info_and_restores_the_level(caplog):
+    import logging
+
+    gensim_logger = logging.getLogger("gensim")
+    before = gensim_logger.level
+    with caplog.at_level(logging.DEBUG):  # the root at DEBUG: gensim's lines would all be captured
+        skipgram.train_skipgram(_corpus(), config=_small_config())
+    chatter = [r for r in caplog.records if r.name.startswith("gensim") and r.levelno < logging.WARNING]
+    assert chatter == [], [r.getMessage() for r in chatter[:3]]
+    assert gensim_logger.level == before
