@@ -16,21 +16,21 @@ import os
 import pathlib
 from collections.abc import Sequence
 
+from dcca_jax import _io
 from dcca_jax.tagging.tagger import Tagger
 
 
 def thumbnail_data_uri(path: str | os.PathLike, *, size: int = 128) -> str | None:
     """A small JPEG thumbnail of an image file as a ``data:`` URI (None when the file cannot be read)."""
-    from PIL import Image, ImageOps
+    from dcca_jax.visual import images as images_lib
 
-    try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            im.thumbnail((size, size))
-            buf = io.BytesIO()
-            im.convert("RGB").save(buf, format="JPEG", quality=80)
-    except (OSError, ValueError, Image.DecompressionBombError):
+    try:  # the package's one reader: same skip rules, pixel limit and reduced decoding as the pipeline
+        im = images_lib.open_image(path, min_side=size)
+    except images_lib.ImageLoadError:
         return None
+    im.thumbnail((size, size))
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=80)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -72,8 +72,7 @@ def tag_images(tagger: str | os.PathLike, images: str | os.PathLike, out: str | 
     json_path, html_path = _sibling(out, ".json"), _sibling(out, ".html")
     job = out.with_name(out.name + ".shards")
     failed, cells, n_tagged = [], [], 0
-    tmp_tsv, tmp_json = out.with_name(out.name + ".tmp"), json_path.with_name(json_path.name + ".tmp")
-    with open(tmp_tsv, "w", encoding="utf-8") as tsv, open(tmp_json, "w", encoding="utf-8") as js:
+    with _io.atomic_write(out, mode="w") as tsv, _io.atomic_write(json_path, mode="w") as js:
         tsv.write(f"# tags by dcca_jax tagger {tg.path} (model {tg.model_name}); format: path<TAB>tags\n")
         js.write(json.dumps({"tagger": str(tg.path), "model": tg.model_name, "images": str(root.resolve()),
                              "n": int(n), "fill": tg.transfer.get("fill", "prior")})[:-1] + ', "results": [\n')
@@ -94,8 +93,6 @@ def tag_images(tagger: str | os.PathLike, images: str | os.PathLike, out: str | 
         for f in failed:
             tsv.write(f"# unreadable: {f['path']}\t{f['reason']}\n")
         js.write("\n], \"failed\": " + json.dumps(failed) + "}\n")
-    os.replace(tmp_tsv, out)
-    os.replace(tmp_json, json_path)
     header = (f"<p>{n_tagged} images tagged by model {html.escape(tg.model_name)} of {html.escape(str(tg.path))}; "
               f"tags in grey were filled from the training prior (no neighbour voted for them)."
               + (f" Showing the first {html_max}." if n_tagged > html_max else "") + "</p>")
