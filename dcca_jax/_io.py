@@ -146,7 +146,8 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def _sha256(path: pathlib.Path) -> str:
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks (stage manifests, tagger bundles, weights references)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -170,7 +171,7 @@ def file_manifest(directory: str | os.PathLike, *, exclude: tuple[str, ...] = ()
     (file names or folders, relative to ``directory``): what :func:`manifest_problems` checks a reload against.
     SHA-256 runs at several hundred MB/s, so a stage of tens of MB costs a fraction of a second."""
     directory = pathlib.Path(directory)
-    return {rel: {"size": (directory / rel).stat().st_size, "sha256": _sha256(directory / rel)}
+    return {rel: {"size": (directory / rel).stat().st_size, "sha256": file_sha256(directory / rel)}
             for rel in listed_files(directory, exclude=exclude)}
 
 
@@ -185,7 +186,7 @@ def manifest_problems(directory: str | os.PathLike, manifest: Mapping[str, Mappi
             problems.append(f"{p}: missing")
         elif p.stat().st_size != want["size"]:
             problems.append(f"{p}: {p.stat().st_size} bytes, {want['size']} recorded (truncated or overwritten)")
-        elif _sha256(p) != want["sha256"]:
+        elif file_sha256(p) != want["sha256"]:
             problems.append(f"{p}: content differs from the recorded sha256 (corrupt)")
     return problems
 

@@ -25,7 +25,6 @@ message naming the file.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pathlib
@@ -44,15 +43,6 @@ SPEC = "tagger.json"
 
 class BundleError(ValueError):
     """A tagger bundle that cannot be used: foreign, of another format version, incomplete or corrupted."""
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _package_version() -> str:
@@ -113,7 +103,7 @@ def read_manifest(path: str | os.PathLike, *, verify: bool = True) -> dict:
                 raise BundleError(f"{mf} lists a file outside the bundle: {rel!r}.")
             if not f.is_file():
                 raise BundleError(f"{f} is missing from the bundle (listed in {MANIFEST}).")
-            if f.stat().st_size != meta.get("bytes") or file_sha256(f) != meta.get("sha256"):
+            if f.stat().st_size != meta.get("bytes") or _io.file_sha256(f) != meta.get("sha256"):
                 raise BundleError(f"{f} does not match its sha256 in {MANIFEST}: the file is corrupted or was "
                                   "changed after export.")
     return manifest
@@ -153,11 +143,11 @@ def _preprocess_of(name: str, visual) -> dict | None:
 def _backbone_spec(name: str, visual) -> dict:
     spec: dict[str, Any] = {"name": name}
     if name == "mobilenet_v2":
-        spec.update(weights=os.path.abspath(visual.tflite_path), weights_sha256=file_sha256(visual.tflite_path),
+        spec.update(weights=os.path.abspath(visual.tflite_path), weights_sha256=_io.file_sha256(visual.tflite_path),
                     emulate_uint8=True)
     elif name == "alexnet":
         spec.update(weights=os.path.abspath(visual.alexnet_weights),
-                    weights_sha256=file_sha256(visual.alexnet_weights), layout=visual.alexnet_layout)
+                    weights_sha256=_io.file_sha256(visual.alexnet_weights), layout=visual.alexnet_layout)
     return spec
 
 
@@ -283,7 +273,7 @@ def export_bundle(pipeline, out_dir: str | os.PathLike, *, models=None, default:
     files = {}
     for f in sorted(p for p in tmp.rglob("*") if p.is_file()):
         rel = f.relative_to(tmp).as_posix()
-        files[rel] = {"sha256": file_sha256(f), "bytes": f.stat().st_size}
+        files[rel] = {"sha256": _io.file_sha256(f), "bytes": f.stat().st_size}
     _write_json(tmp / MANIFEST, {"format": FORMAT, "format_version": FORMAT_VERSION,
                                  "package_version": _package_version(), "source": source, "files": files})
     if out.exists():

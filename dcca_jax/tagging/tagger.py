@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dcca_jax import _io
 from dcca_jax._io import atomic_save_npy, atomic_write_json
 from dcca_jax.tagging import bundle as bundle_lib
 from dcca_jax.tagging import recommend as rec_lib
@@ -214,7 +215,7 @@ class Tagger:
                     raise FileNotFoundError(f"the {spec['name']} weights of this tagger are not at {path}: pass "
                                             "weights=... (Tagger.load) or --weights with the same file "
                                             f"(sha256 {spec['weights_sha256'][:12]}...)")
-                if bundle_lib.file_sha256(path) != spec["weights_sha256"]:
+                if _io.file_sha256(path) != spec["weights_sha256"]:
                     raise bundle_lib.BundleError(f"{path} is not the weights file this tagger was trained with "
                                                  f"(sha256 differs from {spec['weights_sha256'][:12]}...).")
                 cfg = extract_lib.backbone_config()

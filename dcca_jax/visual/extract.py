@@ -32,7 +32,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from dcca_jax._io import atomic_save_npy, atomic_write_json
+from dcca_jax._io import atomic_save_npy, atomic_write_json, file_sha256
 from dcca_jax.visual import images as images_lib
 
 BACKBONES = ("mobilenet_v2", "alexnet")
@@ -93,14 +93,6 @@ def backbone_config() -> ml_collections.ConfigDict:
     return c
 
 
-def _file_digest(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def build_backbone(config: ml_collections.ConfigDict, *, dtype=jnp.float32) -> Backbone:
     """Load the configured network and return a :class:`Backbone`.
 
@@ -124,7 +116,7 @@ def build_backbone(config: ml_collections.ConfigDict, *, dtype=jnp.float32) -> B
         pre = images_lib.Preprocess(size=mobilenet.INPUT_SIZE, crop_fraction=config.crop_fraction,
                                     normalisation="mobilenet_v2")
         return Backbone(name, lambda x: fn(x)["features"], pre, mobilenet.NUM_FEATURES,
-                        {"backbone": name, "weights_sha256": _file_digest(path), "emulate_uint8": emulate,
+                        {"backbone": name, "weights_sha256": file_sha256(path), "emulate_uint8": emulate,
                          "dtype": jnp.dtype(dtype).name})
     if name == "alexnet":
         from dcca_jax.visual import alexnet
@@ -140,7 +132,7 @@ def build_backbone(config: ml_collections.ConfigDict, *, dtype=jnp.float32) -> B
                                     normalisation=alexnet.NORMALISATION[layout])
         dim = alexnet.layer_sizes(layout=layout, width=model.width)["fc7"]
         return Backbone(name, lambda x: apply(variables, x), pre, dim,
-                        {"backbone": name, "layout": layout, "weights_sha256": _file_digest(path),
+                        {"backbone": name, "layout": layout, "weights_sha256": file_sha256(path),
                          "dtype": jnp.dtype(dtype).name})
     raise ValueError(f"unknown backbone {name!r}; choose one of {BACKBONES}")
 

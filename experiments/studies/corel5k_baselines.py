@@ -18,7 +18,6 @@ Entry point: :func:`run_corel5k_baselines` (``experiments/corel5k_baselines.py``
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
 import json
 import os
@@ -31,6 +30,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from dcca_jax import _io
 from dcca_jax.data import datasets
 from dcca_jax.tagging import metrics
 from dcca_jax.tagging import recommend
@@ -102,8 +102,7 @@ def load_features(config: ml_collections.ConfigDict, data: Corel5kLabels) -> tup
 
 def _sha256(path: str | os.PathLike) -> str | None:
     """Content hash of a file (features are shared artifacts that can be rewritten between runs)."""
-    p = pathlib.Path(path)
-    return hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
+    return _io.file_sha256(path) if pathlib.Path(path).is_file() else None
 
 
 def _grid(spec: dict[str, Iterable[Any]] | ml_collections.ConfigDict) -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from dcca_jax import Tagger, pipeline
+from dcca_jax import Tagger, _io, pipeline
 from dcca_jax.data import datasets
 from dcca_jax.tagging import bundle, metrics, outputs, recommend
 from tests.conftest import ROOT, tiny_pipeline_config
@@ -178,7 +178,7 @@ def _copy(run, tmp_path):
 
 def _rewrite_manifest(dst, rel):
     m = json.loads((dst / "manifest.json").read_text())
-    m["files"][rel] = {"sha256": bundle.file_sha256(dst / rel), "bytes": (dst / rel).stat().st_size}
+    m["files"][rel] = {"sha256": _io.file_sha256(dst / rel), "bytes": (dst / rel).stat().st_size}
     (dst / "manifest.json").write_text(json.dumps(m))
 
 
