@@ -115,7 +115,8 @@ def test_check_names_an_unusable_engine(folder, monkeypatch):
 
     cfg = family_config("image_folder", folder)
     cfg.visual.backbone = "mobilenet_v2"
-    cfg.visual.tflite_path = str(shared_path("models", "mobilenet_v2_1.0_224_quant", "mobilenet_v2_1.0_224_quant.tflite"))
+    cfg.visual.tflite_path = str(shared_path("models", "mobilenet_v2_1.0_224_quant",
+                                             "mobilenet_v2_1.0_224_quant.tflite"))
     cfg.visual.engine = "litert"
     monkeypatch.setitem(sys.modules, "ai_edge_litert", None)  # as if the package were not installed
     monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)

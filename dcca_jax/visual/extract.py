@@ -3,9 +3,9 @@
 Pipeline: a pool of ``decode_workers`` threads decodes and crops batches of images (Pillow releases the GIL
 while decoding and resizing) ahead of the network, which the main thread runs on the batches in input order:
 the jitted JAX network on fixed-shape batches (the last batch is padded, so XLA compiles once), or the LiteRT
-interpreter image by image (:mod:`dcca_jax.visual.litert`, which also releases the GIL). Features are written in shards of ``shard_size`` images to ``cache_dir`` as
-``shard_NNNNN.npy`` (+ ``shard_NNNNN.failed.json``), each written atomically (:mod:`dcca_jax._io`),
-so an interrupted run leaves only complete shards; rerunning with the same inputs skips them. ``index.json``
+interpreter image by image (:mod:`dcca_jax.visual.litert`, which also releases the GIL). Features are written
+in shards of ``shard_size`` images to ``cache_dir`` as ``shard_NNNNN.npy`` (+ ``shard_NNNNN.failed.json``),
+each written atomically (:mod:`dcca_jax._io`), so an interrupted run leaves only complete shards; rerunning with the same inputs skips them. ``index.json``
 fingerprints the job (backbone, weights, preprocessing, the path list); a cache made for a different job is
 refused rather than silently mixed.
 
@@ -16,7 +16,7 @@ The backbone is a config choice (:func:`build_backbone`): ``"mobilenet_v2"`` (th
 1280-d pre-logits) or ``"alexnet"`` (fc7, 4096-d, weights from a torchvision/Caffe-layout file). MobileNetV2
 runs on one of two engines (``config.engine``, :func:`resolve_engine`): the LiteRT interpreter on the file
 itself (the default on a CPU when ``ai-edge-litert`` is installed) or the JAX port. Their features differ
-slightly (cosine about 0.99, see BUILD.md), so the engine is part of the cache fingerprint.
+slightly (per-image cosine .995-.999, BUILD.md), so the engine is part of the cache fingerprint.
 """
 from __future__ import annotations
 
@@ -46,11 +46,12 @@ _CACHE_VERSION = 1
 
 @dataclasses.dataclass
 class Backbone:
-    """A feature extractor: normalised ``(n, S, S, 3)`` float images -> ``(n, dim)`` features.
+    """A feature extractor: ``(n, S, S, 3)`` images -> ``(n, dim)`` features (normalised float images for the
+    JAX engine, uint8 for LiteRT: ``input_uint8``).
 
     Attributes:
         name: ``"mobilenet_v2"`` or ``"alexnet"``.
-        apply: jitted function ``x -> (n, dim)`` array.
+        apply: ``x -> (n, dim)`` array (a jitted function, or a :class:`~dcca_jax.visual.litert.LiteRTFeatures`).
         preprocess: geometry and normalisation of its input.
         dim: feature width.
         fingerprint: identifies the weights and settings (for the cache index).
@@ -257,7 +258,7 @@ def _decode_pool(jobs, preprocess, *, workers: int, ahead: int):
 def extract_features(paths: Sequence[str | os.PathLike], *, backbone: Backbone, batch_size: int = 32,
                      cache_dir: str | os.PathLike | None = None, shard_size: int = 512, progress: bool = False,
                      prefetch: int = 3, decode_workers: int = DEFAULT_DECODE_WORKERS) -> ExtractionResult:
-    """Run ``backbone`` over image files in fixed-shape batches, caching and resuming by shard.
+    """Run ``backbone`` over image files in batches decoded by a thread pool, caching and resuming by shard.
 
     Args:
         paths: image files, in the order wanted for the output rows.

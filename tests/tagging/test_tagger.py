@@ -249,5 +249,6 @@ def test_mobilenet_bundle_runs_on_the_engine_its_features_came_from(recorded, wa
     spec = {"name": "mobilenet_v2", "weights": str(weights), "weights_sha256": _io.file_sha256(weights),
             "emulate_uint8": True, **({"engine": recorded} if recorded else {})}
     tagger = object.__new__(Tagger)  # only the backbone is wanted: no bundle on disk
-    tagger.spec, tagger._weights, tagger._backbone = {"backbone": spec, "preprocess": {"crop_fraction": 1.0}}, None, None
+    tagger.spec = {"backbone": spec, "preprocess": {"crop_fraction": 1.0}}
+    tagger._weights, tagger._backbone = None, None
     assert tagger._get_backbone().engine == want
