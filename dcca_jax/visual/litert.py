@@ -10,8 +10,9 @@ Rather than keeping every intermediate tensor (``experimental_preserve_all_tenso
 :func:`feature_model` patches a copy of the flatbuffer held in memory: the subgraph's output becomes the
 pooled tensor and the operators after it (the 1x1 logits convolution, the squeeze and the softmax) are dropped.
 The interpreter then runs one image per ``invoke`` (batch 1, the file's own shape: resizing the input to a
-batch was measured slower on 2 cores, see BUILD.md) with ``num_threads`` XNNPACK threads; ``invoke`` releases
-the GIL, so the decode workers of :func:`~dcca_jax.visual.extract.extract_features` run alongside it.
+batch was not clearly faster on 2 cores, see BUILD.md) with ``num_threads`` XNNPACK threads (default: the
+usable cores); ``invoke`` releases the GIL, so the decode workers of
+:func:`~dcca_jax.visual.extract.extract_features` run alongside it.
 """
 from __future__ import annotations
 
@@ -31,6 +32,14 @@ def import_interpreter():
         raise ImportError(f"the LiteRT engine needs the ai-edge-litert package ({e}); {INSTALL_HINT}, or set "
                           "engine='jax' to use the JAX port") from e
     return Interpreter
+
+
+def _usable_cores() -> int:
+    """Cores this process may run on (its affinity mask, which a container's CPU set narrows; else the count)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def available() -> bool:
@@ -95,7 +104,7 @@ class LiteRTFeatures:
 
     Args:
         path: the ``.tflite`` file.
-        num_threads: interpreter threads (default: the CPU count).
+        num_threads: interpreter threads (default: the cores this process may run on).
         tensor: the feature tensor (:data:`AVGPOOL`).
     """
 
@@ -103,7 +112,7 @@ class LiteRTFeatures:
         interpreter_cls = import_interpreter()
         with open(path, "rb") as f:
             content, self.dropped_ops = feature_model(f.read(), tensor=tensor)
-        self.num_threads = int(num_threads or os.cpu_count() or 1)
+        self.num_threads = int(num_threads or _usable_cores())
         self._interp = interpreter_cls(model_content=content, num_threads=self.num_threads)
         self._interp.allocate_tensors()
         inp = self._interp.get_input_details()[0]
