@@ -74,6 +74,15 @@ def _structural_problems(config: ml_collections.ConfigDict, data: dict, backbone
     if backbone == "mobilenet_v2" and not pathlib.Path(config.visual.tflite_path).exists():
         out.append(f"--config.visual.tflite_path={config.visual.tflite_path}: the MobileNetV2 TFLite file is not "
                    "there (or set --config.visual.backbone=auto for the hand-crafted fallback)")
+    if backbone == "mobilenet_v2":
+        from dcca_jax.visual import extract as extract_lib
+
+        ecfg = extract_lib.backbone_config()
+        ecfg.engine = config.visual.get("engine", "auto")
+        try:
+            extract_lib.resolve_engine(ecfg)
+        except (ImportError, ValueError) as e:
+            out.append(f"--config.visual.engine={ecfg.engine}: {e}")
     if backbone == "alexnet" and not config.visual.alexnet_weights:
         out.append("--config.visual.alexnet_weights is empty: the alexnet backbone needs its weights file")
     return out

@@ -381,6 +381,9 @@ def shard_backbone(backbone, mesh: Mesh, *, axis_name: str = DATA_AXIS):
     ``extract_features(paths, backbone=shard_backbone(build_backbone(cfg), mesh), batch_size=b)`` then
     extracts on every device; choose ``b`` a multiple of the device count (other sizes are padded).
     """
+    if getattr(backbone, "engine", "jax") != "jax":
+        raise ValueError(f"only the JAX engine runs over a mesh, this backbone runs on {backbone.engine!r}: build it "
+                         "with engine='jax' (dcca_jax.visual.extract.backbone_config)")
     return dataclasses.replace(backbone, apply=sharded_apply(backbone.apply, mesh, axis_name=axis_name))
 
 

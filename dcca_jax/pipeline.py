@@ -114,6 +114,8 @@ def pipeline_config() -> ml_collections.ConfigDict:
     c.visual.alexnet_weights = ""
     c.visual.alexnet_layout = "torchvision"
     c.visual.batch_size = 32
+    # MobileNetV2's engine: auto | litert | jax (visual.extract.backbone_config: LiteRT on a CPU when installed).
+    c.visual.engine = "auto"
     # Centre crop as a fraction of the shorter side before resizing (ImageNet convention 0.875; 1.0 keeps the
     # whole centre square, which suits Corel's 3:2 photos better, see FINDINGS.md).
     c.visual.crop_fraction = 0.875
@@ -436,6 +438,9 @@ class Pipeline:
             payload["crop_fraction"] = c.crop_fraction
         if name == "mobilenet_v2":
             payload["weights"] = c.tflite_path
+            ecfg = extract_lib.backbone_config()
+            ecfg.engine = c.engine
+            payload["engine"] = extract_lib.resolve_engine(ecfg)[0]  # the engines' features differ slightly
         elif name == "alexnet":
             payload["weights"] = [c.alexnet_weights, c.alexnet_layout]
         splits = {"train": data["train"], "test": data["test"]}
@@ -459,6 +464,7 @@ class Pipeline:
                 else:
                     bcfg = extract_lib.backbone_config()
                     bcfg.backbone = name
+                    bcfg.engine = c.engine if name == "mobilenet_v2" else "auto"
                     bcfg.mobilenet_v2.tflite_path = c.tflite_path
                     bcfg.alexnet.weights_path = c.alexnet_weights
                     bcfg.alexnet.layout = c.alexnet_layout
@@ -473,6 +479,7 @@ class Pipeline:
                         cache_dir=d / f"shards_{split_name}", progress=self.progress)
                     feats, ok = res.features, res.ok
                     info[f"images_per_second_{split_name}"] = res.images_per_second
+                    info["engine"] = backbone.engine
                     info["failed"] += [{**f, "split": split_name} for f in res.failed]
                 atomic_save_npy(d / f"{split_name}.npy", feats.astype(np.float32))
                 atomic_save_npy(d / f"{split_name}_ok.npy", ok)

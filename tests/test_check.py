@@ -108,3 +108,20 @@ def test_size_error_is_raised_before_the_cnn_stage(folder, tmp_path):
                                               r"min\(d = 1216, n_fit - 1 = \d+\)"):
         p.run()
     assert not (tmp_path / "stages" / "cnn").exists()
+
+
+def test_check_names_an_unusable_engine(folder, monkeypatch):
+    from tests.conftest import shared_path
+
+    cfg = family_config("image_folder", folder)
+    cfg.visual.backbone = "mobilenet_v2"
+    cfg.visual.tflite_path = str(shared_path("models", "mobilenet_v2_1.0_224_quant",
+                                             "mobilenet_v2_1.0_224_quant.tflite"))
+    cfg.visual.engine = "litert"
+    monkeypatch.setitem(sys.modules, "ai_edge_litert", None)  # as if the package were not installed
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
+    rep = check.check_data(cfg)
+    engine = [p for p in rep.problems if "engine" in p]
+    assert len(engine) == 1, rep.problems
+    assert engine[0].startswith("--config.visual.engine=litert: the LiteRT engine needs the ai-edge-litert package")
+    assert "pip install ai-edge-litert" in engine[0]

@@ -359,3 +359,12 @@ def test_fit_dcca_data_parallel_early_stops_and_ends_with_the_final_cca(tmp_path
     np.testing.assert_allclose(np.asarray(split.correlations), _numpy_cca_correlations(h_v, h_s), rtol=1e-8)
     h_v, h_s = (np.asarray(h) for h in split.tower_outputs(x_v[val], x_s[val]))
     assert np.sum(_numpy_cca_correlations(h_v, h_s)) == pytest.approx(split.history[0]["val_corr"], rel=1e-8)
+
+
+def test_shard_backbone_refuses_the_litert_engine():
+    """The LiteRT engine is a host interpreter, not a JAX function: sharding it over a mesh is refused by name."""
+    import dataclasses
+
+    lite = dataclasses.replace(W.tiny_backbone(), engine="litert", input_uint8=True)
+    with pytest.raises(ValueError, match="only the JAX engine runs over a mesh.*'litert'"):
+        dist.shard_backbone(lite, None)

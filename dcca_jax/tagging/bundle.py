@@ -140,11 +140,11 @@ def _preprocess_of(name: str, visual) -> dict | None:
     return None
 
 
-def _backbone_spec(name: str, visual) -> dict:
+def _backbone_spec(name: str, visual, engine: str = "jax") -> dict:
     spec: dict[str, Any] = {"name": name}
     if name == "mobilenet_v2":
         spec.update(weights=os.path.abspath(visual.tflite_path), weights_sha256=_io.file_sha256(visual.tflite_path),
-                    emulate_uint8=True)
+                    emulate_uint8=True, engine=engine)
     elif name == "alexnet":
         spec.update(weights=os.path.abspath(visual.alexnet_weights),
                     weights_sha256=_io.file_sha256(visual.alexnet_weights), layout=visual.alexnet_layout)
@@ -256,7 +256,7 @@ def export_bundle(pipeline, out_dir: str | os.PathLike, *, models=None, default:
     if default not in info:
         raise ValueError(f"default model {default!r} is not among the exported models {models}")
     spec = {
-        "backbone": _backbone_spec(name, c.visual),
+        "backbone": _backbone_spec(name, c.visual, cnn["info"].get("engine", "jax")),
         "preprocess": _preprocess_of(name, c.visual),
         "feature_dim": int(cnn["train"].shape[1]),
         "use_autoencoder": bool(c.visual.use_autoencoder),

@@ -222,6 +222,9 @@ class Tagger:
                 cfg.backbone = spec["name"]
                 cfg.mobilenet_v2.tflite_path = path
                 cfg.mobilenet_v2.emulate_uint8 = bool(spec.get("emulate_uint8", True))
+                # The engine the training features came from (bundles without one predate LiteRT: the JAX
+                # port); "litert" becomes "auto", which falls back to the JAX port where LiteRT is missing.
+                cfg.engine = "auto" if spec.get("engine", "jax") == "litert" else "jax"
                 cfg.alexnet.weights_path = path
                 cfg.alexnet.layout = spec.get("layout", "torchvision")
                 cfg.crop_fraction = float(self.spec["preprocess"]["crop_fraction"])

@@ -1,10 +1,11 @@
 """Batched CNN feature extraction with a resumable on-disk cache.
 
-Pipeline: a background thread decodes and crops images (Pillow releases the GIL while decoding) into a
-small queue while the main thread runs the jitted network on fixed-shape batches (the last batch is padded,
-so XLA compiles once). Features are written in shards of ``shard_size`` images to ``cache_dir`` as
-``shard_NNNNN.npy`` (+ ``shard_NNNNN.failed.json``), each written atomically (:mod:`dcca_jax._io`),
-so an interrupted run leaves only complete shards; rerunning with the same inputs skips them. ``index.json``
+Pipeline: a pool of ``decode_workers`` threads decodes and crops batches of images (Pillow releases the GIL
+while decoding and resizing) ahead of the network, which the main thread runs on the batches in input order:
+the jitted JAX network on fixed-shape batches (the last batch is padded, so XLA compiles once), or the LiteRT
+interpreter image by image (:mod:`dcca_jax.visual.litert`, which also releases the GIL). Features are written
+in shards of ``shard_size`` images to ``cache_dir`` as ``shard_NNNNN.npy`` (+ ``shard_NNNNN.failed.json``),
+each written atomically (:mod:`dcca_jax._io`), so an interrupted run leaves only complete shards; rerunning with the same inputs skips them. ``index.json``
 fingerprints the job (backbone, weights, preprocessing, the path list); a cache made for a different job is
 refused rather than silently mixed.
 
@@ -12,7 +13,10 @@ Images that fail to decode are skipped and recorded (index, path, reason); their
 ``ok`` is False for them.
 
 The backbone is a config choice (:func:`build_backbone`): ``"mobilenet_v2"`` (the pretrained TFLite model,
-1280-d pre-logits) or ``"alexnet"`` (fc7, 4096-d, weights from a torchvision/Caffe-layout file).
+1280-d pre-logits) or ``"alexnet"`` (fc7, 4096-d, weights from a torchvision/Caffe-layout file). MobileNetV2
+runs on one of two engines (``config.engine``, :func:`resolve_engine`): the LiteRT interpreter on the file
+itself (the default on a CPU when ``ai-edge-litert`` is installed) or the JAX port. Their features differ
+slightly (per-image cosine .995-.999, BUILD.md), so the engine is part of the cache fingerprint.
 """
 from __future__ import annotations
 
@@ -20,11 +24,11 @@ import dataclasses
 import hashlib
 import json
 import os
-import queue
 import sys
-import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import jax
 import jax.numpy as jnp
@@ -36,19 +40,24 @@ from dcca_jax._io import atomic_save_npy, atomic_write_json, file_sha256
 from dcca_jax.visual import images as images_lib
 
 BACKBONES = ("mobilenet_v2", "alexnet")
+ENGINES = ("auto", "litert", "jax")
 _CACHE_VERSION = 1
 
 
 @dataclasses.dataclass
 class Backbone:
-    """A feature extractor: normalised ``(n, S, S, 3)`` float images -> ``(n, dim)`` features.
+    """A feature extractor: ``(n, S, S, 3)`` images -> ``(n, dim)`` features (normalised float images for the
+    JAX engine, uint8 for LiteRT: ``input_uint8``).
 
     Attributes:
         name: ``"mobilenet_v2"`` or ``"alexnet"``.
-        apply: jitted function ``x -> (n, dim)`` array.
+        apply: ``x -> (n, dim)`` array (a jitted function, or a :class:`~dcca_jax.visual.litert.LiteRTFeatures`).
         preprocess: geometry and normalisation of its input.
         dim: feature width.
         fingerprint: identifies the weights and settings (for the cache index).
+        engine: ``"jax"`` or ``"litert"``.
+        input_uint8: ``apply`` takes the decoded uint8 images, unpadded (the LiteRT engine), rather than
+            normalised float images in fixed-shape batches.
     """
 
     name: str
@@ -56,6 +65,8 @@ class Backbone:
     preprocess: images_lib.Preprocess
     dim: int
     fingerprint: dict
+    engine: str = "jax"
+    input_uint8: bool = False
 
 
 @dataclasses.dataclass
@@ -81,6 +92,10 @@ def backbone_config() -> ml_collections.ConfigDict:
     """Backbone settings (``backbone``, per-network weights and options, preprocessing)."""
     c = ml_collections.ConfigDict()
     c.backbone = "mobilenet_v2"
+    # MobileNetV2's engine: "litert" (the TFLite file through ai-edge-litert's XNNPACK kernels, ~4x faster on a
+    # CPU), "jax" (the JAX port: GPU/TPU, float or bf16 networks) or "auto" (LiteRT when it imports, JAX's
+    # default device is a CPU and nothing below needs the port; see resolve_engine).
+    c.engine = "auto"
     c.mobilenet_v2 = ml_collections.ConfigDict()
     c.mobilenet_v2.tflite_path = ""
     # Round activations to the file's uint8 grid, as the quantisation-aware-trained network ran (closest to
@@ -91,6 +106,57 @@ def backbone_config() -> ml_collections.ConfigDict:
     c.alexnet.layout = "torchvision"
     c.crop_fraction = 0.875
     return c
+
+
+def _jax_only(config: ml_collections.ConfigDict, dtype) -> list[str]:
+    """Settings of a MobileNetV2 config that only the JAX port implements (add new JAX-only options here)."""
+    reasons = []
+    if not config.mobilenet_v2.emulate_uint8:
+        reasons.append("mobilenet_v2.emulate_uint8=False asks for the plain float network")
+    if jnp.dtype(dtype) != jnp.float32:
+        reasons.append(f"dtype {jnp.dtype(dtype).name} (LiteRT runs the file's own arithmetic)")
+    return reasons
+
+
+def resolve_engine(config: ml_collections.ConfigDict, *, dtype=jnp.float32) -> tuple[str, str]:
+    """The engine MobileNetV2 runs on, ``"litert"`` or ``"jax"``, and why.
+
+    ``config.engine="auto"`` picks LiteRT when ``ai_edge_litert`` imports, JAX's default device is a CPU and
+    the config asks for nothing only the JAX port does (:func:`_jax_only`); otherwise the JAX port.
+    ``"litert"`` insists (an ImportError naming the package to install when it is missing).
+
+    Args:
+        config: see :func:`backbone_config`.
+        dtype: the compute dtype :func:`build_backbone` is called with.
+
+    Returns:
+        ``(engine, reason)``.
+    """
+    from dcca_jax.visual import litert
+
+    engine = config.get("engine", "auto")
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose one of {ENGINES}")
+    if config.backbone != "mobilenet_v2":
+        if engine == "litert":
+            raise ValueError(f"engine 'litert' runs only the mobilenet_v2 backbone, not {config.backbone!r}")
+        return "jax", f"backbone {config.backbone} has only the JAX engine"
+    if engine == "jax":
+        return "jax", "engine='jax' in the config"
+    if engine == "litert":
+        litert.import_interpreter()
+        reasons = _jax_only(config, dtype)
+        if reasons:
+            raise ValueError(f"engine 'litert' cannot honour {'; '.join(reasons)}: use engine='jax' or 'auto'")
+        return "litert", "engine='litert' in the config"
+    reasons = _jax_only(config, dtype)
+    if jax.default_backend() != "cpu":
+        reasons.append(f"JAX's default device is a {jax.default_backend()}")
+    if not reasons and not litert.available():
+        reasons.append(f"ai_edge_litert is not installed ({litert.INSTALL_HINT} for ~4x faster CPU extraction)")
+    if reasons:
+        return "jax", "; ".join(reasons)
+    return "litert", "a CPU and ai_edge_litert installed"
 
 
 def build_backbone(config: ml_collections.ConfigDict, *, dtype=jnp.float32) -> Backbone:
@@ -110,17 +176,30 @@ def build_backbone(config: ml_collections.ConfigDict, *, dtype=jnp.float32) -> B
         path = config.mobilenet_v2.tflite_path
         if not path:
             raise ValueError("config.mobilenet_v2.tflite_path is empty: point it at mobilenet_v2_1.0_224_quant.tflite")
+        pre = images_lib.Preprocess(size=mobilenet.INPUT_SIZE, crop_fraction=config.crop_fraction,
+                                    normalisation="mobilenet_v2")
+        engine, why = resolve_engine(config, dtype=dtype)
+        logging.info("mobilenet_v2 runs on the %s engine: %s", engine, why)
+        if engine == "litert":
+            from dcca_jax.visual import litert
+
+            net = litert.LiteRTFeatures(path)
+            if net.input_dtype != np.uint8:  # a float file: the JAX normalisation is its input mapping
+                raise ValueError(f"{path}: the LiteRT engine expects the quantised (uint8-input) MobileNetV2 file; "
+                                 "use engine='jax' for a float file")
+            return Backbone(name, net, pre, net.dim,
+                            {"backbone": name, "weights_sha256": file_sha256(path), "engine": "litert"},
+                            engine="litert", input_uint8=True)
         variables = mobilenet.load_tflite_params(path, dtype=dtype)
         emulate = bool(config.mobilenet_v2.emulate_uint8) and "quant" in variables
         fn = mobilenet.make_apply_fn(variables, emulate_uint8=emulate)
-        pre = images_lib.Preprocess(size=mobilenet.INPUT_SIZE, crop_fraction=config.crop_fraction,
-                                    normalisation="mobilenet_v2")
         return Backbone(name, lambda x: fn(x)["features"], pre, mobilenet.NUM_FEATURES,
                         {"backbone": name, "weights_sha256": file_sha256(path), "emulate_uint8": emulate,
-                         "dtype": jnp.dtype(dtype).name})
+                         "dtype": jnp.dtype(dtype).name, "engine": "jax"})
     if name == "alexnet":
         from dcca_jax.visual import alexnet
 
+        resolve_engine(config, dtype=dtype)  # refuses engine="litert"
         path = config.alexnet.weights_path
         if not path:
             raise ValueError("config.alexnet.weights_path is empty: point it at an AlexNet .npz/.safetensors "
@@ -151,34 +230,47 @@ def prepare_cache(cache_dir: str, index: dict) -> None:
         atomic_write_json(index_path, index, indent=1)
 
 
-def _decode_worker(jobs, preprocess, out_q: queue.Queue, stop: threading.Event):
-    """Producer: decode each (shard, start, paths) job into a LoadedBatch and queue it."""
-    for job in jobs:
-        if stop.is_set():
-            return
-        shard, start, paths = job
+DEFAULT_DECODE_WORKERS = 2
+
+
+def _decode_pool(jobs, preprocess, *, workers: int, ahead: int):
+    """Decode each ``(shard, start, paths)`` job into a LoadedBatch on a pool of ``workers`` threads, at most
+    ``ahead`` jobs in flight; yields ``(shard, start, batch)`` in job order (an error is raised in order too)."""
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+        pending: deque = deque()
+        it = iter(jobs)
         try:
-            batch = images_lib.load_batch(paths, preprocess=preprocess)
-        except BaseException as e:  # noqa: BLE001 - hand any unexpected error to the consumer
-            out_q.put(e)
-            return
-        out_q.put((shard, start, batch))
-    out_q.put(None)
+            while True:
+                while len(pending) < ahead:
+                    job = next(it, None)
+                    if job is None:
+                        break
+                    pending.append((job, pool.submit(images_lib.load_batch, job[2], preprocess=preprocess)))
+                if not pending:
+                    return
+                (shard, start, _), fut = pending.popleft()
+                yield shard, start, fut.result()
+        finally:
+            for _, fut in pending:  # stopped early (an error, an interruption): do not decode the rest
+                fut.cancel()
 
 
 def extract_features(paths: Sequence[str | os.PathLike], *, backbone: Backbone, batch_size: int = 32,
                      cache_dir: str | os.PathLike | None = None, shard_size: int = 512, progress: bool = False,
-                     prefetch: int = 3) -> ExtractionResult:
-    """Run ``backbone`` over image files in fixed-shape batches, caching and resuming by shard.
+                     prefetch: int = 3, decode_workers: int = DEFAULT_DECODE_WORKERS) -> ExtractionResult:
+    """Run ``backbone`` over image files in batches decoded by a thread pool, caching and resuming by shard.
 
     Args:
         paths: image files, in the order wanted for the output rows.
         backbone: from :func:`build_backbone`.
-        batch_size: images per jitted call (the last batch is zero-padded to this size).
+        batch_size: images per decode job and per jitted call (the last batch is zero-padded to this size for
+            the JAX engine; the LiteRT engine runs the images of a batch one by one, unpadded).
         cache_dir: directory for shards and the index (None: keep everything in memory).
         shard_size: images per cached shard (a multiple of ``batch_size`` keeps batches full).
         progress: show a tqdm bar on stderr.
-        prefetch: decoded batches buffered ahead of the network.
+        prefetch: batches decoded (or being decoded) ahead of the network, beyond one per worker.
+        decode_workers: threads decoding and resizing images (:data:`DEFAULT_DECODE_WORKERS`: the best of
+            1-4 measured on 2 cores, BUILD.md).
 
     Returns:
         An :class:`ExtractionResult`.
@@ -187,8 +279,9 @@ def extract_features(paths: Sequence[str | os.PathLike], *, backbone: Backbone, 
     n = len(paths)
     if n == 0:
         raise ValueError("extract_features got no image paths")
-    if batch_size < 1 or shard_size < 1:
-        raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size} and {shard_size}")
+    if batch_size < 1 or shard_size < 1 or decode_workers < 1:
+        raise ValueError(f"batch_size, shard_size and decode_workers must be >= 1, got {batch_size}, {shard_size} "
+                         f"and {decode_workers}")
     n_shards = -(-n // shard_size)
     done: dict[int, tuple[np.ndarray, list]] = {}
     if cache_dir is not None:
@@ -217,22 +310,13 @@ def extract_features(paths: Sequence[str | os.PathLike], *, backbone: Backbone, 
 
     bar = tqdm(total=n, initial=n - sum(min(n, (s + 1) * shard_size) - s * shard_size for s in todo),
                unit="img", file=sys.stderr, disable=not progress, dynamic_ncols=True)
-    out_q: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
-    stop = threading.Event()
-    worker = threading.Thread(target=_decode_worker, args=(jobs, backbone.preprocess, out_q, stop), daemon=True)
     t0 = time.perf_counter()
     n_computed = 0
     pending: dict[int, tuple[np.ndarray, list]] = {}
     size = backbone.preprocess.size
-    worker.start()
+    decoded = _decode_pool(jobs, backbone.preprocess, workers=decode_workers, ahead=decode_workers + max(0, prefetch))
     try:
-        while True:
-            item = out_q.get()
-            if item is None:
-                break
-            if isinstance(item, BaseException):
-                raise item
-            s, start, batch = item
+        for s, start, batch in decoded:
             lo, hi = s * shard_size, min(n, (s + 1) * shard_size)
             if s not in pending:
                 pending[s] = (np.full((hi - lo, backbone.dim), np.nan, np.float32), [])
@@ -244,7 +328,10 @@ def extract_features(paths: Sequence[str | os.PathLike], *, backbone: Backbone, 
                 failed.append({"index": idx, "path": path, "reason": reason})
                 logging.warning("skipping unreadable image %s: %s", path, reason)
             m = len(batch.ok)
-            if m:
+            if m and backbone.input_uint8:
+                rows = np.asarray(batch.ok) + (start - lo)
+                feats[rows] = np.asarray(backbone.apply(batch.images), np.float32)
+            elif m:
                 x = np.zeros((batch_size, size, size, 3), np.uint8)
                 x[:m] = batch.images
                 xn = images_lib.normalise(x, normalisation=backbone.preprocess.normalisation)
@@ -262,14 +349,8 @@ def extract_features(paths: Sequence[str | os.PathLike], *, backbone: Backbone, 
                 rate = n_computed / max(time.perf_counter() - t0, 1e-9)
                 logging.info("shard %d/%d done: %d images computed, %.1f images/s", s + 1, n_shards, n_computed, rate)
     finally:
-        stop.set()
+        decoded.close()  # cancels the batches not yet decoded and joins the pool
         bar.close()
-        # Drain so a producer blocked on a full queue can see `stop` and exit.
-        while worker.is_alive():
-            try:
-                out_q.get(timeout=0.1)
-            except queue.Empty:
-                pass
     elapsed = time.perf_counter() - t0
     rate = n_computed / elapsed if n_computed else 0.0
     features = np.concatenate([done[s][0] for s in range(n_shards)])

@@ -3,9 +3,13 @@ r"""Benchmark: MobileNetV2 feature extraction, JAX (Flax, dequantised) against t
 Same ~200 Corel5k photos, same machine, same process. Decoding + resize + crop is timed once on its own;
 then each engine is timed on the already-decoded uint8 crops (network only) and reported in images/s:
 - JAX MobileNetV2, jitted, batch --batch_size (float32), plain float and with uint8 activation emulation;
-- dcca_jax.visual.extract.extract_features end to end (background decoding thread + jitted network);
+- dcca_jax.visual.extract.extract_features end to end (decode pool + network), for each engine (JAX port,
+  LiteRT) and each decode-pool size in --decode_workers;
 - TFLite interpreter (ai_edge_litert, default XNNPACK delegate), one image per invoke, at 1 and
-  --threads threads (the interpreter's natural mode; its batch dimension is fixed at 1 in the file).
+  --threads threads (the interpreter's natural mode; its batch dimension is fixed at 1 in the file), reading
+  the AvgPool tensor the plain way (experimental_preserve_all_tensors);
+- the LiteRT backend's own interpreter (dcca_jax.visual.litert: the file patched to output AvgPool), on the
+  decoded crops, at batch 1 and at each --litert_batches size (input resized).
 Also the per-image cosine between the JAX and TFLite 1280-d features, so speed is not bought with accuracy.
 
   python experiments/bench/extract.py --workdir=results/bench
@@ -34,6 +38,9 @@ _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed passes over the images per 
 _THREADS = flags.DEFINE_integer("threads", os.cpu_count() or 1, "TFLite interpreter threads (second row).")
 _MODEL = flags.DEFINE_string("model", os.path.join(SHARED, "models", "mobilenet_v2_1.0_224_quant",
                                                    "mobilenet_v2_1.0_224_quant.tflite"), "TFLite file.")
+_WORKERS = flags.DEFINE_list("decode_workers", ["1", "2", "3", "4"], "Decode-pool sizes of the end-to-end rows.")
+_JAX_WORKERS = flags.DEFINE_list("jax_decode_workers", ["1", "2"], "Decode-pool sizes of the JAX end-to-end rows.")
+_LITERT_BATCHES = flags.DEFINE_list("litert_batches", ["8"], "Input batch sizes tried on the LiteRT backend.")
 _DATA = flags.DEFINE_string("data", os.path.join(SHARED, "data", "corel5k"), "Corel5k folder.")
 
 
@@ -73,13 +80,21 @@ def main(argv):
         rows.append({"engine": f"JAX MobileNetV2 ({'uint8-emulating' if emulate else 'float'}), batch {bs}",
                      "images_per_s": rate, "compile_s": compile_s, "times_s": times})
 
-    cfg = extract.backbone_config()
-    cfg.mobilenet_v2.tflite_path = _MODEL.value
-    bb = extract.build_backbone(cfg)
-    extract.extract_features(paths[:bs], backbone=bb, batch_size=bs)  # compile
-    rate, times = median_rate(lambda: extract.extract_features(paths, backbone=bb, batch_size=bs), n, _REPEATS.value)
-    rows.append({"engine": f"dcca_jax extract_features end to end (decode thread + JAX), batch {bs}",
-                 "images_per_s": rate, "times_s": times})
+    for engine, workers in [("jax", _JAX_WORKERS.value), ("litert", _WORKERS.value)]:
+        cfg = extract.backbone_config()
+        cfg.mobilenet_v2.tflite_path = _MODEL.value
+        cfg.engine = engine
+        try:
+            bb = extract.build_backbone(cfg)
+        except ImportError as e:
+            rows.append({"engine": f"extract_features end to end, {engine}", "skipped": str(e)})
+            continue
+        extract.extract_features(paths[:bs], backbone=bb, batch_size=bs)  # compile / warm up
+        for w in map(int, workers):
+            rate, times = median_rate(lambda w=w: extract.extract_features(paths, backbone=bb, batch_size=bs,
+                                                                           decode_workers=w), n, _REPEATS.value)
+            rows.append({"engine": f"dcca_jax extract_features end to end, {engine} engine, {w} decode worker(s), "
+                                   f"batch {bs}", "images_per_s": rate, "times_s": times, "loadavg": os.getloadavg()})
 
     try:
         from ai_edge_litert.interpreter import Interpreter
@@ -110,10 +125,37 @@ def main(argv):
             rate, times = median_rate(run_tfl, n, _REPEATS.value)
             s, z = det["quantization"]
             feats_u8, probs = run_tfl()
-            tfl_feats = (np.stack(feats_u8).astype(np.float64) - z) * s
+            tfl_u8 = np.stack(feats_u8)
+            tfl_feats = (tfl_u8.astype(np.float64) - z) * s
             tfl_probs = np.stack(probs)
             rows.append({"engine": f"TFLite interpreter (XNNPACK, uint8), {threads} thread(s), batch 1",
                          "images_per_s": rate, "times_s": times})
+        from dcca_jax.visual import litert
+
+        net = litert.LiteRTFeatures(_MODEL.value, num_threads=_THREADS.value)
+        net(u8[:4])  # warm-up
+        rate, times = median_rate(lambda: net(u8), n, _REPEATS.value)
+        rows.append({"engine": f"LiteRT backend's interpreter (AvgPool as output), {net.num_threads} thread(s), "
+                               "batch 1", "images_per_s": rate, "times_s": times,
+                     "identical_to_reference": bool(np.array_equal(np.stack([net.raw(im) for im in u8]), tfl_u8))})
+        for b in map(int, _LITERT_BATCHES.value):
+            net_b = Interpreter(model_content=litert.feature_model(open(_MODEL.value, "rb").read())[0],
+                                num_threads=_THREADS.value)
+            net_b.resize_tensor_input(net_b.get_input_details()[0]["index"], [b, 224, 224, 3])
+            net_b.allocate_tensors()
+            ib, ob = net_b.get_input_details()[0]["index"], net_b.get_output_details()[0]["index"]
+            m = n // b * b
+
+            def run_b(net_b=net_b, ib=ib, ob=ob, b=b, m=m):
+                for i in range(0, m, b):
+                    net_b.set_tensor(ib, u8[i:i + b])
+                    net_b.invoke()
+                    net_b.get_tensor(ob)
+
+            run_b()
+            rate, times = median_rate(run_b, m, _REPEATS.value)
+            rows.append({"engine": f"LiteRT backend's interpreter, input resized to batch {b}, "
+                                   f"{_THREADS.value} thread(s)", "images_per_s": rate, "times_s": times})
 
     agreement = {}
     if tfl_feats is not None:
@@ -143,7 +185,9 @@ def main(argv):
             lines.append(f"| {r['engine']} | {r['skipped']} | |")
         else:
             comp = f"{r['compile_s']:.1f}" if "compile_s" in r else "-"
-            lines.append(f"| {r['engine']} | {r['images_per_s']:.1f} | {comp} |")
+            same = {True: " (uint8 features identical to the row above)", False: " (features DIFFER)"}.get(
+                r.get("identical_to_reference"), "")
+            lines.append(f"| {r['engine']}{same} | {r['images_per_s']:.1f} | {comp} |")
     for k, v in agreement.items():
         lines.append(f"\nJAX ({k}) vs TFLite XNNPACK: cosine min {v['cosine_min']:.4f}, mean {v['cosine_mean']:.4f} "
                      f"({v['cosine_below_0.99']} of {n} below 0.99); same top-1 class {v['top1_agreement']:.3f} "

@@ -237,3 +237,18 @@ def test_binaries_write_tsv_json_html(run, photos, tmp_path):
     scores = [float(s) for _, s in lines]
     assert scores == sorted(scores, reverse=True)
     assert hits.with_suffix(".html").read_text().count("data:image/jpeg;base64,") == 4
+
+
+@pytest.mark.parametrize("recorded, want", [(None, "jax"), ("jax", "jax"), ("litert", "litert")])
+def test_mobilenet_bundle_runs_on_the_engine_its_features_came_from(recorded, want):
+    """A bundle records the cnn stage's engine; one without (made before LiteRT) keeps the JAX port."""
+    from tests.conftest import shared_path
+
+    pytest.importorskip("ai_edge_litert", reason="ai-edge-litert is not installed (pip install -e .[test])")
+    weights = shared_path("models", "mobilenet_v2_1.0_224_quant", "mobilenet_v2_1.0_224_quant.tflite")
+    spec = {"name": "mobilenet_v2", "weights": str(weights), "weights_sha256": _io.file_sha256(weights),
+            "emulate_uint8": True, **({"engine": recorded} if recorded else {})}
+    tagger = object.__new__(Tagger)  # only the backbone is wanted: no bundle on disk
+    tagger.spec = {"backbone": spec, "preprocess": {"crop_fraction": 1.0}}
+    tagger._weights, tagger._backbone = None, None
+    assert tagger._get_backbone().engine == want

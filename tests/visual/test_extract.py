@@ -125,3 +125,34 @@ def test_bad_config():
     with pytest.raises(ValueError, match="tflite_path is empty"):
         extract.build_backbone(cfg)
     assert isinstance(cfg, ml_collections.ConfigDict)
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_decode_pool_keeps_order_and_failures(image_files, workers):
+    """Batches of 2 over a pool of workers (several batches in flight) land in input order, failures recorded."""
+    res = extract.extract_features(image_files, backbone=_toy_backbone(), batch_size=2, shard_size=4,
+                                   decode_workers=workers, prefetch=2)
+    assert res.ok.tolist() == [i not in (3, 8) for i in range(11)]
+    assert [(f["index"], f["path"]) for f in res.failed] == [(3, image_files[3]), (8, image_files[8])]
+    want = np.stack([_oracle(p) for p in np.asarray(image_files)[res.ok]])
+    np.testing.assert_allclose(res.features[res.ok], want, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="decode_workers must be >= 1"):
+        extract.extract_features(image_files, backbone=_toy_backbone(), decode_workers=0)
+
+
+def test_uint8_backbone_gets_unpadded_uint8_images(image_files):
+    """A backbone with ``input_uint8`` (the LiteRT engine) sees each batch's decoded images as they are."""
+    seen = []
+
+    def apply(u8):
+        seen.append((u8.dtype, u8.shape))
+        return u8.reshape(len(u8), -1).astype(np.float32).mean(1, keepdims=True)
+
+    pre = images.Preprocess(size=SIZE, crop_fraction=1.0, normalisation="mobilenet_v2")
+    bb = extract.Backbone("toy8", apply, pre, 1, {"backbone": "toy8"}, engine="litert", input_uint8=True)
+    res = extract.extract_features(image_files, backbone=bb, batch_size=4, decode_workers=2)
+    assert [s for _, s in seen] == [(3, SIZE, SIZE, 3), (4, SIZE, SIZE, 3), (2, SIZE, SIZE, 3)]  # 3, 8 failed
+    assert all(d == np.uint8 for d, _ in seen)
+    want = [images.load_image(p, size=SIZE, crop_fraction=1.0).astype(np.float64).mean() for p in
+            np.asarray(image_files)[res.ok]]
+    np.testing.assert_allclose(res.features[res.ok, 0], want, rtol=1e-6)

@@ -163,6 +163,7 @@ def test_uint8_emulation_agrees_on_200_photos_through_extract():
     paths = paths[:200]
     cfg = extract.backbone_config()
     cfg.mobilenet_v2.tflite_path = str(model_path)
+    cfg.engine = "jax"  # the JAX port (on a CPU, "auto" would pick LiteRT, tested in test_litert.py)
     res = extract.extract_features(paths, backbone=extract.build_backbone(cfg), batch_size=50)
     assert res.ok.all()
     ref, _ = _tflite_outputs(model_path, images.load_batch(paths).images, "xnnpack")
