@@ -71,6 +71,15 @@ def test_distances_against_scipy():
     np.testing.assert_allclose(jec.kl_distances(ha, hb), want, rtol=1e-8)
 
 
+def test_ternary_l1_is_exact():
+    rng = np.random.default_rng(4)
+    a, b = rng.integers(-1, 2, (7, 4032)).astype(np.float32), rng.integers(-1, 2, (9, 4032)).astype(np.float32)
+    a[0] = 0
+    want = cdist(a.astype(np.float64), b.astype(np.float64), "cityblock")
+    np.testing.assert_array_equal(np.asarray(jec.ternary_l1_distances(a, b), np.float64), want)
+    np.testing.assert_array_equal(jec.feature_distances("haarq", a, b), jec.l1_distances(a, b))
+
+
 def test_jec_distances_scaled_average():
     rng = np.random.default_rng(4)
     tr = {f: rng.random((20, 6)) for f in jec.FEATURES}
