@@ -14,8 +14,8 @@ The pipeline runs as its own process (``python experiments/pipeline.py --config=
 unless ``--workdir`` is given; the total is that process's wall clock (start-up and imports included). The
 per-stage seconds are the stages' own ``timing.json``; "rest" is the total minus the stages (start-up, tables,
 retrieval, tagger bundle, figures). Recorded with them: ``os.getloadavg()`` before and after, the CPU count,
-the jax backend, the git commit. Timings taken under load (a 1-minute load average above the CPU count) are
-marked so in the Markdown: they are not speed claims.
+the jax backend, the git commit; the pipeline's log goes to ``<name>.log``. Timings taken under load (a 1-minute
+load average above the CPU count) are marked so in the Markdown: they are not speed claims.
 """
 import datetime
 import json
@@ -78,11 +78,15 @@ def run_bench(workdir: pathlib.Path, pipeline_flags: list[str]) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
     load_before, started = os.getloadavg(), time.time()
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    log = pathlib.Path(_OUT_DIR.value) / f"{_NAME.value}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as f:  # the pipeline's own log (its stages' progress), kept beside the results
+        proc = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, text=True)
     total = time.perf_counter() - t0
     load_after = os.getloadavg()
     if proc.returncode:
-        raise RuntimeError(f"the pipeline failed (exit {proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-4000:]}")
+        raise RuntimeError(f"the pipeline failed (exit {proc.returncode}): {' '.join(cmd)}; its log: {log}\n"
+                           + log.read_text()[-4000:])
     timings = pipeline.stage_timings(workdir)
     reused = sorted(s for s, t in timings["finished_at"].items() if t < started)
     computed = {s: v for s, v in timings["stages"].items() if s not in reused}
