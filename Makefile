@@ -63,7 +63,8 @@ bench-semantic: $(BENCH_STAMP)
 # The whole Corel5k pipeline (experiments/pipeline.py) in a fresh workdir: wall clock, seconds per stage, load
 # average; writes results/bench/pipeline.json and .md. Needs ../shared; no peer packages (the normal venv).
 # BENCH_PIPELINE_FLAGS e.g. --before=results/bench/pipeline_before.json (a "before" column) or
-# --name=pipeline_before --label=before --config.visual.engine=jax.
+# --name=pipeline_before --label=before --config.visual.engine=jax; --xla_cache=runs/xla_cache keeps XLA's
+# compilations between runs (jax's JAX_COMPILATION_CACHE_DIR; the record says cold or warm).
 BENCH_PIPELINE_FLAGS ?=
 bench-pipeline: install
 	PYTHONPATH=$(CURDIR) $(BIN)/python experiments/bench/pipeline.py --config=experiments/configs/corel5k.py \

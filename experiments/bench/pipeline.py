@@ -49,6 +49,9 @@ _BEFORE_LABEL = flags.DEFINE_string("before_label", "before", "Column title of -
 _REUSE_FROM = flags.DEFINE_string("reuse_from", "", "A pipeline workdir of the same config to copy --reuse_stages "
                                   "from (e.g. to time everything but the CNN stage).")
 _REUSE_STAGES = flags.DEFINE_list("reuse_stages", [], "Stages copied from --reuse_from before the run.")
+_XLA_CACHE = flags.DEFINE_string("xla_cache", "", "A persistent XLA compilation cache folder for the pipeline (jax's "
+                                 "JAX_COMPILATION_CACHE_DIR, every compile kept); empty = jax's default (none "
+                                 "unless the environment sets one). The record says whether it was empty (cold).")
 
 
 def _git(*args: str) -> str:
@@ -76,6 +79,11 @@ def run_bench(workdir: pathlib.Path, pipeline_flags: list[str]) -> dict:
         shutil.copytree(src, workdir / "stages" / stage, dirs_exist_ok=True)
     cmd = [sys.executable, "experiments/pipeline.py", *pipeline_flags, f"--workdir={workdir}"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
+    if _XLA_CACHE.value:
+        env["JAX_COMPILATION_CACHE_DIR"] = str(pathlib.Path(_XLA_CACHE.value).resolve())
+        env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    cache_dir = env.get("JAX_COMPILATION_CACHE_DIR")
+    cache_entries = len(list(pathlib.Path(cache_dir).glob("*"))) if cache_dir and pathlib.Path(cache_dir).is_dir() else 0
     load_before, started = os.getloadavg(), time.time()
     t0 = time.perf_counter()
     log = pathlib.Path(_OUT_DIR.value) / f"{_NAME.value}.log"
@@ -95,6 +103,7 @@ def run_bench(workdir: pathlib.Path, pipeline_flags: list[str]) -> dict:
         "stages": computed, "reused_stages": reused, "recommend_methods": timings["recommend_methods"],
         "rest_seconds": total - sum(computed.values()), "total_seconds": total,
         "loadavg_before": load_before, "loadavg_after": load_after, **_machine(),
+        "xla_cache": {"dir": cache_dir, "entries_before": cache_entries},
         "config": jsonable(_CONFIG.value),
     }
 
@@ -110,6 +119,13 @@ def _read_before(path: str) -> dict:
 
 def _cell(x) -> str:
     return "" if x is None else f"{x:.1f}"
+
+
+def _cache(record: dict) -> str:
+    c = record.get("xla_cache") or {}
+    if not c.get("dir"):
+        return "none"
+    return f"{c['dir']} ({'warm, ' + str(c['entries_before']) + ' entries' if c['entries_before'] else 'cold'})"
 
 
 def markdown(after: dict, before: dict | None) -> str:
@@ -148,7 +164,8 @@ def markdown(after: dict, before: dict | None) -> str:
                      f"{r['git_commit'][:10]}{' (dirty)' if r['git_dirty'] else ''}, load average "
                      f"{tuple(round(x, 2) for x in r['loadavg_before'])} before, "
                      f"{tuple(round(x, 2) for x in r['loadavg_after'])} after"
-                     + (" **(under load: not a speed claim)**" if loaded else "") + f"; `{r['command']}`")
+                     + (" **(under load: not a speed claim)**" if loaded else "") + f"; XLA cache {_cache(r)}"
+                     + f"; `{r['command']}`")
     return "\n".join(lines + notes) + "\n"
 
 
