@@ -616,14 +616,17 @@ class Pipeline:
         """Metrics of the tags that :func:`rec_lib.select_tags` (the package's one top-n rule) picks."""
         fill = self.config.recommend.get("fill", "prior")
         prior = rec_lib.tag_prior(train_labels)
-        sel = rec_lib.select_tags(scores, n=n_tags, prior=prior, fill=fill)
+        n_curve = min(self.config.eval.ap_ar_max_tags, truth.shape[1])
+        # One selection with the most places serves every n (the rule is prefix-consistent): one compile, not 11.
+        widest = rec_lib.select_tags(scores, n=max(n_tags, n_curve), prior=prior, fill=fill)
+        sel = rec_lib.first_places(widest, n_tags)
         m = metrics_lib.to_python(metrics_lib.evaluate(sel.indicator, truth))
         from_prior = np.asarray(sel.from_prior)
         m["tags/from_prior"] = int(from_prior.sum())
         m["tags/images_with_prior_fill"] = int(from_prior.any(1).sum())
         curve = []
-        for n in range(1, min(self.config.eval.ap_ar_max_tags, truth.shape[1]) + 1):
-            ind = rec_lib.select_tags(scores, n=n, prior=prior, fill=fill).indicator
+        for n in range(1, n_curve + 1):
+            ind = rec_lib.first_places(widest, n).indicator
             pi = metrics_lib.to_python(metrics_lib.per_image_metrics(ind, truth))
             curve.append({"n_tags": n, **pi})
         return {"metrics": m, "fill": fill, "n_tags": int(n_tags), "ap_ar_curve": curve}
