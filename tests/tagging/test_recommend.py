@@ -253,10 +253,15 @@ def test_select_tags_matches_a_direct_oracle_on_tied_random_scores(fill):
         sel = recommend.select_tags(scores, n=n, prior=prior, fill=fill, row_chunk=16)
         np.testing.assert_array_equal(sel.indices, want_idx)
         np.testing.assert_array_equal(sel.from_prior, want_flags)
-        ind = np.zeros_like(scores)
-        for r, row in enumerate(want_idx):
-            ind[r, row[row >= 0]] = 1
-        np.testing.assert_array_equal(sel.indicator, ind)
+        np.testing.assert_array_equal(sel.indicator, _indicator_of(want_idx, scores.shape))
+
+
+def _indicator_of(indices, shape):
+    """0/1 matrix of the tag indices of each row (-1 = an empty place)."""
+    ind = np.zeros(shape)
+    for r, row in enumerate(indices):
+        ind[r, row[row >= 0]] = 1
+    return ind
 
 
 @pytest.mark.parametrize("fill", ["prior", "none"])
@@ -271,10 +276,7 @@ def test_first_places_of_the_widest_selection_equal_each_selection(fill):
         got = recommend.first_places(widest, n)
         np.testing.assert_array_equal(got.indices, want_idx)
         np.testing.assert_array_equal(got.from_prior, want_flags)
-        ind = np.zeros_like(scores)
-        for r, row in enumerate(want_idx):
-            ind[r, row[row >= 0]] = 1
-        np.testing.assert_array_equal(got.indicator, ind)
+        np.testing.assert_array_equal(got.indicator, _indicator_of(want_idx, scores.shape))
     with pytest.raises(ValueError, match="n=10"):
         recommend.first_places(widest, 10)
 
