@@ -84,6 +84,7 @@ def run_bench(workdir: pathlib.Path, pipeline_flags: list[str]) -> dict:
         env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     cache_dir = env.get("JAX_COMPILATION_CACHE_DIR")
     cache_entries = len(list(pathlib.Path(cache_dir).glob("*"))) if cache_dir and pathlib.Path(cache_dir).is_dir() else 0
+    machine = _machine()  # the commit the run starts from
     load_before, started = os.getloadavg(), time.time()
     t0 = time.perf_counter()
     log = pathlib.Path(_OUT_DIR.value) / f"{_NAME.value}.log"
@@ -102,7 +103,7 @@ def run_bench(workdir: pathlib.Path, pipeline_flags: list[str]) -> dict:
         "command": " ".join(cmd), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "stages": computed, "reused_stages": reused, "recommend_methods": timings["recommend_methods"],
         "rest_seconds": total - sum(computed.values()), "total_seconds": total,
-        "loadavg_before": load_before, "loadavg_after": load_after, **_machine(),
+        "loadavg_before": load_before, "loadavg_after": load_after, **machine,
         "xla_cache": {"dir": cache_dir, "entries_before": cache_entries},
         "config": jsonable(_CONFIG.value),
     }
