@@ -8,7 +8,7 @@ BENCH_STAMP := $(BENCH_VENV)/.installed
 WORKDIR ?= runs/default
 PYTEST_FLAGS ?=
 
-.PHONY: install run test test-slow test-all bench bench-scale bench-semantic bench-finetune corel5k-finetune \
+.PHONY: install run test test-slow test-all bench bench-scale bench-semantic bench-finetune bench-pipeline corel5k-finetune \
 	accelerator-check accelerator-check-tiny clean
 
 $(STAMP): pyproject.toml
@@ -59,6 +59,16 @@ bench-scale: $(BENCH_STAMP)
 bench-semantic: $(BENCH_STAMP)
 	$(BENCH_PY) experiments/bench/semantic_view.py --shared=../shared --cache=runs/cache --workdir=results/bench
 	$(BENCH_PY) experiments/bench/synthetic.py --shared=../shared --data=runs/synthetic --cache=runs/cache --workdir=results/bench
+
+# The whole Corel5k pipeline (experiments/pipeline.py) in a fresh workdir: wall clock, seconds per stage, load
+# average; writes results/bench/pipeline.json and .md. Needs ../shared; no peer packages (the normal venv).
+# BENCH_PIPELINE_FLAGS e.g. --before=results/bench/pipeline_before.json (a "before" column) or
+# --name=pipeline_before --label=before --config.visual.engine=jax; --xla_cache=runs/xla_cache keeps XLA's
+# compilations between runs (jax's JAX_COMPILATION_CACHE_DIR; the record says cold or warm).
+BENCH_PIPELINE_FLAGS ?=
+bench-pipeline: install
+	PYTHONPATH=$(CURDIR) $(BIN)/python experiments/bench/pipeline.py --config=experiments/configs/corel5k.py \
+	  --config.data.root=../shared/data/corel5k --out_dir=results/bench $(BENCH_PIPELINE_FLAGS)
 
 # DCCA from pixels (MobileNetV2 fine-tuned in the visual tower): epoch timing, and the 3-seed Corel5k study
 # (about 22 minutes on 2 cores). Both need ../shared (Corel5k and the MobileNetV2 TFLite file).

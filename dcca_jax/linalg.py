@@ -20,6 +20,7 @@ __all__ = [
     "inv_sqrtm",
     "sqrtm_psd",
     "cholesky_whitener",
+    "principal_axes",
 ]
 
 
@@ -215,3 +216,24 @@ def cholesky_whitener(s: ArrayLike) -> jax.Array:
     chol = jnp.linalg.cholesky(s)
     eye = jnp.eye(s.shape[0], dtype=s.dtype)
     return jax.scipy.linalg.solve_triangular(chol, eye, lower=True)
+
+
+def principal_axes(x_centred, *, n_components: int) -> np.ndarray:
+    """Top principal axes ``(n_components, d)`` of centred rows, from the eigendecomposition of ``X^T X``
+    (a host function: numpy, float64).
+
+    ``eigh`` of the ``d x d`` scatter matrix is much cheaper than an SVD of the ``n x d`` data when n >> d
+    (4,500 x 1,280 Corel5k features: a fraction of a second against tens of seconds on a busy 2-core machine).
+    With at most half as many rows as columns, the ``n x n`` Gram matrix ``X X^T = U L U^T`` gives the same axes,
+    ``X^T U L^{-1/2}``, for a fraction of the cost (tens of images of 1,216-d features: milliseconds, not seconds).
+    """
+    x = np.asarray(x_centred, np.float64)
+    if not 1 <= n_components <= min(x.shape):
+        raise ValueError(f"n_components must be in [1, min(n, d) = {min(x.shape)}], got {n_components}")
+    if 2 * x.shape[0] <= x.shape[1]:
+        evals, u = np.linalg.eigh(x @ x.T)
+        evals, u = evals[::-1][:n_components], u[:, ::-1][:, :n_components]
+        if evals[-1] > 1e-10 * max(evals[0], 1e-300):  # kept axes have variance: X^T u / sigma is orthonormal
+            return (x.T @ u / np.sqrt(evals)).T
+    evals, evecs = np.linalg.eigh(x.T @ x)
+    return evecs[:, ::-1][:, :n_components].T

@@ -64,6 +64,8 @@ __all__ = [
     "BASELINE_NAMES",
     "model_classes",
     "package_versions",
+    "STAGE_ORDER",
+    "stage_timings",
 ]
 
 MODEL_NAMES = ("cca", "kcca", "dcca")
@@ -621,14 +623,17 @@ class Pipeline:
         """Metrics of the tags that :func:`rec_lib.select_tags` (the package's one top-n rule) picks."""
         fill = self.config.recommend.get("fill", "prior")
         prior = rec_lib.tag_prior(train_labels)
-        sel = rec_lib.select_tags(scores, n=n_tags, prior=prior, fill=fill)
+        n_curve = min(self.config.eval.ap_ar_max_tags, truth.shape[1])
+        # One selection with the most places serves every n (the rule is prefix-consistent): one compile, not 11.
+        widest = rec_lib.select_tags(scores, n=max(n_tags, n_curve), prior=prior, fill=fill)
+        sel = rec_lib.first_places(widest, n_tags)
         m = metrics_lib.to_python(metrics_lib.evaluate(sel.indicator, truth))
         from_prior = np.asarray(sel.from_prior)
         m["tags/from_prior"] = int(from_prior.sum())
         m["tags/images_with_prior_fill"] = int(from_prior.any(1).sum())
         curve = []
-        for n in range(1, min(self.config.eval.ap_ar_max_tags, truth.shape[1]) + 1):
-            ind = rec_lib.select_tags(scores, n=n, prior=prior, fill=fill).indicator
+        for n in range(1, n_curve + 1):
+            ind = rec_lib.first_places(widest, n).indicator
             pi = metrics_lib.to_python(metrics_lib.per_image_metrics(ind, truth))
             curve.append({"n_tags": n, **pi})
         return {"metrics": m, "fill": fill, "n_tags": int(n_tags), "ap_ar_curve": curve}
@@ -803,6 +808,39 @@ def handcrafted_features(paths, *, cache_path=None, stats=None, max_pixels: int 
     feats = jec_lib.compute_jec_features(paths, cache_path=cache_path, max_pixels=max_pixels)
     mean, std = handcrafted_lib.gabor_statistics(feats, feats.ok) if stats is None else stats
     return handcrafted_lib.handcrafted_from_jec(feats, gabor_mean=mean, gabor_std=std), feats.ok, feats.failed
+
+
+# The stages in the order run() computes them ("data" only for the generated synthetic set).
+STAGE_ORDER = ("data", "cnn", "autoencoder", "semantic", "model_cca", "model_kcca", "model_dcca", "recommend")
+
+
+def stage_timings(workdir: str | os.PathLike) -> dict[str, Any]:
+    """Seconds of every finished stage of a pipeline workdir, as its ``timing.json`` recorded them.
+
+    Returns:
+      ``{"stages": {stage: seconds}`` in :data:`STAGE_ORDER` (then any other stage, e.g. a variant's),
+      ``"recommend_methods": {method title: seconds}`` (the recommend stage's share of each baseline and
+      model, JEC's features included), ``"finished_at": {stage: POSIX time of its timing.json}}``; a stage
+      without a readable ``timing.json`` is left out.
+    """
+    root = pathlib.Path(workdir) / "stages"
+    names = sorted((p.parent.name for p in root.glob("*/timing.json")),
+                   key=lambda n: (STAGE_ORDER.index(n) if n in STAGE_ORDER else len(STAGE_ORDER), n))
+    stages, finished = {}, {}
+    for name in names:
+        f = root / name / "timing.json"
+        try:
+            stages[name] = float(json.loads(f.read_text())["seconds"])
+            finished[name] = f.stat().st_mtime
+        except (OSError, ValueError, KeyError, TypeError):
+            logging.warning("stage timings: %s cannot be read; stage %s left out", f, name)
+    methods = {}
+    try:
+        methods = {title: float(r["seconds"]) for title, r in
+                   json.loads((root / "recommend" / "results.json").read_text()).items() if "seconds" in r}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    return {"stages": stages, "recommend_methods": methods, "finished_at": finished}
 
 
 def run_pipeline(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, progress: bool = False) -> dict:

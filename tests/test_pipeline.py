@@ -100,3 +100,18 @@ def test_prior_fill_is_counted_and_only_fills_places_without_evidence(pipeline_r
             filled = [w for w in idx[r] if w not in pos]
             ranked = [w for w in np.argsort(-prior, kind="stable") if w not in pos][: len(filled)]
             assert filled == ranked, (name, r)  # and the rest are the most frequent other words
+
+
+def test_stage_timings_reads_each_stage_in_run_order(tmp_path):
+    stages = tmp_path / "stages"
+    for name, seconds in [("recommend", 7.5), ("cnn", 2.0), ("model_cca@d50", 1.0), ("autoencoder", 3.25)]:
+        (stages / name).mkdir(parents=True)
+        (stages / name / "timing.json").write_text(json.dumps({"seconds": seconds}))
+    (stages / "semantic").mkdir()
+    (stages / "semantic" / "timing.json").write_text("{broken")
+    (stages / "recommend" / "results.json").write_text(json.dumps({"JEC": {"seconds": 5.0, "metrics": {}},
+                                                                   "DMFR&CCA": {"seconds": 0.5}}))
+    t = pipeline.stage_timings(tmp_path)
+    assert list(t["stages"].items()) == [("cnn", 2.0), ("autoencoder", 3.25), ("recommend", 7.5), ("model_cca@d50", 1.0)]
+    assert t["recommend_methods"] == {"JEC": 5.0, "DMFR&CCA": 0.5}
+    assert set(t["finished_at"]) == set(t["stages"])

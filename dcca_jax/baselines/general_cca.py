@@ -18,8 +18,10 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from jax.typing import ArrayLike
 
+from dcca_jax.linalg import principal_axes
 from dcca_jax.models import cca as cca_lib
 from dcca_jax.tagging import recommend
 
@@ -36,7 +38,8 @@ class PCA:
 
 
 def fit_pca(x: ArrayLike, *, n_components: int) -> PCA:
-    r"""PCA by SVD of the centred data, keeping the ``n_components`` leading right singular vectors.
+    r"""PCA of the centred data, keeping the ``n_components`` leading principal axes
+    (:func:`dcca_jax.linalg.principal_axes`).
 
     Args:
       x: (n, d) data.
@@ -51,8 +54,12 @@ def fit_pca(x: ArrayLike, *, n_components: int) -> PCA:
         return PCA(mean, jnp.eye(x.shape[1], dtype=x.dtype))
     if not 0 < n_components <= min(x.shape):
         raise ValueError(f"n_components={n_components} must lie in [1, min{x.shape}] for data {x.shape}")
-    _, _, vt = jnp.linalg.svd(x - mean, full_matrices=False)
-    return PCA(mean, vt[:n_components].T)
+    # The axes from the eigendecomposition of the float64 scatter matrix, not from an SVD of the data: the
+    # same axes up to sign (which CCA ignores), 0.3 s instead of 20-40 s for Corel5k's 4,000 x 1,280 features
+    # on 2 cores (jnp.linalg.svd in float32).
+    x64 = np.asarray(x, np.float64)
+    axes = principal_axes(x64 - x64.mean(0), n_components=n_components)
+    return PCA(mean, jnp.asarray(axes.T, x.dtype))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -56,6 +56,7 @@ from dcca_jax.visual import images as images_lib
 
 FEATURES = ("rgb", "hsv", "lab", "haar", "haarq", "gabor", "gaborq")
 KL_FEATURES = ("lab",)
+_TERNARY_FEATURES = ("haarq",)  # L1 of -1/0/+1 entries by matrix products (exact)
 _BINS = 16
 _HAAR_SIZE = 64
 _HAAR_BLOCKS = (2, 4, 8)
@@ -67,6 +68,8 @@ _KL_EPS = 1e-4
 # Working size of the features: shorter side shrunk towards 256 px, at most 2^20 pixels (see compute_jec_features).
 _WORK_SIDE = 256
 _WORK_PIXELS = 1 << 20
+# From this many images on, compute_jec_features remembers the bins of the colours it met (ColourBinCache).
+_CACHE_MIN_IMAGES = 100
 
 
 # ---------------------------------------------------------------------------------------------- colour spaces
@@ -92,8 +95,18 @@ _D65 = np.array([0.95047, 1.0, 1.08883])
 
 def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     r"""CIE-LAB (D65) of sRGB in [0, 1] (..., 3): L in [0, 100], a and b roughly in [-128, 128]."""
-    c = np.asarray(rgb, np.float64)
-    lin = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    return _linear_rgb_to_lab(_srgb_to_linear(np.asarray(rgb, np.float64)))
+
+
+def _srgb_to_linear(c: np.ndarray) -> np.ndarray:
+    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+
+
+# The linear value of each 8-bit level: the same numbers as _srgb_to_linear(level / 255), without a power per pixel.
+_LINEAR_OF_LEVEL = _srgb_to_linear(np.arange(256) / 255.0)
+
+
+def _linear_rgb_to_lab(lin: np.ndarray) -> np.ndarray:
     xyz = lin @ _RGB_TO_XYZ.T / _D65
     d = 6.0 / 29.0
     f = np.where(xyz > d ** 3, np.cbrt(xyz), xyz / (3 * d * d) + 4.0 / 29.0)
@@ -109,11 +122,73 @@ def joint_histogram(values: np.ndarray, *, low: Sequence[float], high: Sequence[
       (bins**3,) histogram summing to 1 (values outside the range fall into the edge bins).
     """
     v = np.asarray(values, np.float64).reshape(-1, 3)
+    return joint_histograms(v, np.array([len(v)]), low=low, high=high, bins=bins)[0]
+
+
+def joint_histograms(values: np.ndarray, counts: Sequence[int], *, low: Sequence[float], high: Sequence[float],
+                     bins: int = _BINS) -> np.ndarray:
+    """:func:`joint_histogram` of several images at once: ``values`` (sum(counts), 3) holds their pixels one
+    image after the other, ``counts[i]`` pixels of image i.
+
+    Returns:
+      (len(counts), bins**3) histograms, each summing to 1 (an image without pixels: all zero).
+    """
+    v = np.asarray(values, np.float64)
+    if v.ndim != 2 or v.shape[1] != 3 or v.shape[0] != np.sum(counts, dtype=np.int64):
+        raise ValueError(f"values {v.shape} must be (sum(counts)={np.sum(counts)}, 3) for {len(counts)} counts")
+    return _histograms_of_bins(_joint_bins(v, low=low, high=high, bins=bins), counts, bins=bins)
+
+
+def _joint_bins(v: np.ndarray, *, low, high, bins: int) -> np.ndarray:
+    """The joint bin (0 .. bins^3 - 1) of each row of ``v`` (m, 3)."""
     lo, hi = np.asarray(low, np.float64), np.asarray(high, np.float64)
     q = np.clip(((v - lo) / (hi - lo) * bins).astype(np.int64), 0, bins - 1)
-    idx = (q[:, 0] * bins + q[:, 1]) * bins + q[:, 2]
-    h = np.bincount(idx, minlength=bins ** 3).astype(np.float64)
-    return h / max(h.sum(), 1.0)
+    return (q[:, 0] * bins + q[:, 1]) * bins + q[:, 2]
+
+
+def _histograms_of_bins(bin_of_pixel: np.ndarray, counts: Sequence[int], *, bins: int) -> np.ndarray:
+    counts = np.asarray(counts, np.int64)
+    idx = np.repeat(np.arange(len(counts), dtype=np.int64) * bins ** 3, counts) + bin_of_pixel
+    h = np.bincount(idx, minlength=len(counts) * bins ** 3).astype(np.float64).reshape(len(counts), bins ** 3)
+    return h / np.maximum(counts, 1)[:, None]
+
+
+_COLOUR_SPACES = {  # name: (conversion of 8-bit levels (m, 3), histogram low, histogram high)
+    "rgb": (lambda levels: levels / 255.0, (0, 0, 0), (1, 1, 1)),
+    "hsv": (lambda levels: rgb_to_hsv(levels / 255.0), (0, 0, 0), (1, 1, 1)),
+    "lab": (lambda levels: _linear_rgb_to_lab(_LINEAR_OF_LEVEL[levels]), (0, -128, -128), (100, 128, 128)),
+}
+
+
+def _colour_bins(levels: np.ndarray, space: str) -> np.ndarray:
+    """The joint histogram bin of each 8-bit RGB pixel (m, 3) in colour space ``space`` (see the module table)."""
+    convert, low, high = _COLOUR_SPACES[space]
+    return _joint_bins(convert(levels), low=low, high=high, bins=_BINS)
+
+
+class ColourBinCache:
+    """The RGB, HSV and LAB histogram bins of the 24-bit colours met so far (96 MB of tables).
+
+    A colour is converted (:func:`rgb_to_hsv`, :func:`rgb_to_lab`) the first time it is met and looked up after
+    that: the same bins as converting every pixel, at a fraction of the cost once thousands of images share
+    their colours. Threads may share one cache (they only ever write the bins the conversions give).
+    """
+
+    _UNKNOWN = np.iinfo(np.uint16).max  # bins are < 16^3
+
+    def __init__(self):
+        self.tables = {space: np.full(1 << 24, self._UNKNOWN, np.uint16) for space in _COLOUR_SPACES}
+
+    def bins(self, levels: np.ndarray, space: str) -> np.ndarray:
+        """The joint bin (int64 (m,)) of each 8-bit RGB pixel of ``levels`` (m, 3) in ``space``."""
+        code = (levels[:, 0].astype(np.int64) << 16) | (levels[:, 1].astype(np.int64) << 8) | levels[:, 2]
+        table = self.tables[space]
+        b = table[code]
+        miss = b == self._UNKNOWN
+        if miss.any():
+            b[miss] = _colour_bins(levels[miss], space)
+            table[code[miss]] = b[miss]
+        return b.astype(np.int64)
 
 
 # ---------------------------------------------------------------------------------------------- texture
@@ -184,13 +259,19 @@ def gabor_features(grey: np.ndarray, *, grid: int = _GABOR_GRID, bank: np.ndarra
     g = np.asarray(grey, np.float64)
     n, s, _ = g.shape
     bank = gabor_bank(s) if bank is None else bank
+    n_f, c = bank.shape[0], s // grid
     spec = np.fft.fft2(g - g.mean(axis=(1, 2), keepdims=True))
-    resp = np.fft.ifft2(spec[:, None] * bank[None])  # (n, F, s, s) complex
-    c = s // grid
+    # numpy's FFT, not scipy's: their roundings differ, enough to move a pixel across a phase quadrant (once in
+    # Corel5k's 4,500 training images), and the quadrant histograms must stay those of the per-image code
+    resp = np.fft.ifft2(spec[:, None] * bank[None])
     mag = np.abs(resp).reshape(n, -1, grid, c, grid, c).mean(axis=(3, 5)).reshape(n, -1)
     quad = ((np.angle(resp) + np.pi) / (np.pi / 2)).astype(np.int64).clip(0, 3)
-    onehot = (quad[..., None] == np.arange(4)).reshape(n, bank.shape[0], grid, c, grid, c, 4)
-    hist = onehot.mean(axis=(3, 5)).reshape(n, -1)
+    del resp
+    # the quadrant histogram of every (image, filter, cell) by one bincount: cell index of each pixel, times 4
+    cell = (np.arange(s) // c)[:, None] * grid + (np.arange(s) // c)[None, :]  # (s, s)
+    base = (np.arange(n * n_f, dtype=np.int64) * grid * grid)[:, None, None] + cell  # (n * F, s, s)
+    idx = base.reshape(n, n_f, s, s) * 4 + quad
+    hist = np.bincount(idx.ravel(), minlength=n * n_f * grid * grid * 4).reshape(n, -1) / float(c * c)
     return mag, hist
 
 
@@ -198,24 +279,42 @@ def gabor_features(grey: np.ndarray, *, grid: int = _GABOR_GRID, bank: np.ndarra
 
 def image_features(rgb: np.ndarray, *, bank: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The seven JEC features of one RGB image (h, w, 3) uint8 (see the module table)."""
-    rgb = np.asarray(rgb)
-    if rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"expected an RGB image (h, w, 3), got shape {rgb.shape}")
-    x = rgb.astype(np.float64) / 255.0
-    img = Image.fromarray(rgb)
-    grey_h = np.asarray(img.convert("L").resize((_HAAR_SIZE, _HAAR_SIZE), Image.BILINEAR), np.float64) / 255
-    grey_g = np.asarray(img.convert("L").resize((_GABOR_SIZE, _GABOR_SIZE), Image.BILINEAR), np.float64) / 255
-    haar = haar_responses(grey_h[None])[0]
-    gabor, gaborq = gabor_features(grey_g[None], bank=bank)
-    return {
-        "rgb": joint_histogram(x, low=(0, 0, 0), high=(1, 1, 1)),
-        "hsv": joint_histogram(rgb_to_hsv(x), low=(0, 0, 0), high=(1, 1, 1)),
-        "lab": joint_histogram(rgb_to_lab(x), low=(0, -128, -128), high=(100, 128, 128)),
-        "haar": haar,
-        "haarq": quantise_haar(haar),
-        "gabor": gabor[0],
-        "gaborq": gaborq[0],
-    }
+    return {f: v[0] for f, v in batch_features([rgb], bank=bank).items()}
+
+
+def batch_features(images: Sequence[np.ndarray], *, bank: np.ndarray | None = None,
+                   colour_cache: ColourBinCache | None = None) -> dict[str, np.ndarray]:
+    """The seven JEC features of a batch of RGB images, each (h_i, w_i, 3) uint8 (sizes may differ).
+
+    The colour histograms are computed over the pixels of all images at once, the texture features on the
+    stacked grey resizes; every image gets the numbers it would get alone (:func:`image_features`).
+
+    Args:
+      images: RGB images.
+      bank: Gabor filters of :func:`gabor_bank` (built when None).
+      colour_cache: a :class:`ColourBinCache` to look colours up in (the same bins as converting each pixel).
+
+    Returns:
+      {feature name: (n, d_feature) float64} for the names in :data:`FEATURES`.
+    """
+    images = [np.asarray(im) for im in images]
+    for i, im in enumerate(images):
+        if im.ndim != 3 or im.shape[2] != 3 or im.dtype != np.uint8:
+            raise ValueError(f"image {i}: expected an RGB image (h, w, 3) uint8, got shape {im.shape} {im.dtype}")
+    if not images:
+        return {f: np.zeros((0, _feature_width(f))) for f in FEATURES}
+    counts = [im.shape[0] * im.shape[1] for im in images]
+    levels = np.concatenate([im.reshape(-1, 3) for im in images])  # (sum counts, 3) uint8
+    colour = {}
+    for space in _COLOUR_SPACES:
+        bins = _colour_bins(levels, space) if colour_cache is None else colour_cache.bins(levels, space)
+        colour[space] = _histograms_of_bins(bins, counts, bins=_BINS)
+    greys = [Image.fromarray(im).convert("L") for im in images]
+    grey_h = np.stack([np.asarray(g.resize((_HAAR_SIZE, _HAAR_SIZE), Image.BILINEAR), np.float64) for g in greys]) / 255
+    grey_g = np.stack([np.asarray(g.resize((_GABOR_SIZE, _GABOR_SIZE), Image.BILINEAR), np.float64) for g in greys]) / 255
+    haar = haar_responses(grey_h)
+    gabor, gaborq = gabor_features(grey_g, bank=bank)
+    return {**colour, "haar": haar, "haarq": quantise_haar(haar), "gabor": gabor, "gaborq": gaborq}
 
 
 class JecFeatures(dict):
@@ -235,7 +334,7 @@ def _cache_key(paths: Sequence[str], max_pixels: int) -> str:
 
 def compute_jec_features(paths: Sequence[str | os.PathLike], *, cache_path: str | os.PathLike | None = None,
                          dtype=np.float32, num_workers: int = 2, max_pixels: int = images_lib.DEFAULT_MAX_PIXELS,
-                         skip: Mapping[str, str] | None = None) -> JecFeatures:
+                         skip: Mapping[str, str] | None = None, chunk_size: int = 16) -> JecFeatures:
     """JEC features of image files, cached to ``cache_path`` (an ``.npz``) when given.
 
     Images are read by the package's reader (:func:`dcca_jax.visual.images.open_image`) at a working size: an
@@ -249,15 +348,18 @@ def compute_jec_features(paths: Sequence[str | os.PathLike], *, cache_path: str 
       paths: image files (any format Pillow reads; converted to RGB).
       cache_path: ``.npz`` file to read or write.
       dtype: storage dtype of the features.
-      num_workers: threads (2 featurise Corel5k's 5,000 images in about a minute on this 2-core machine).
+      num_workers: threads, each reading and featurising ``chunk_size`` images at a time (:func:`batch_features`).
       max_pixels: images whose declared size has more pixels are refused before decoding.
       skip: ``{path: reason}`` of images an earlier stage could not read: they are not read again, and are
         listed as failed with that reason.
+      chunk_size: images per batch of :func:`batch_features` (its temporaries are about 6 MB per image).
 
     Returns:
       A :class:`JecFeatures`: {feature name: (n_images, d_feature)} for the names in :data:`FEATURES`, with
       ``ok`` and ``failed``.
     """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     paths = [str(p) for p in paths]
     skip = {str(k): v for k, v in (skip or {}).items()}
     key = _cache_key(paths, max_pixels)
@@ -272,35 +374,43 @@ def compute_jec_features(paths: Sequence[str | os.PathLike], *, cache_path: str 
             logging.warning("JEC features: cache %s is unreadable (%s: %s); recomputing", cache_path,
                             type(e).__name__, e)
     bank = gabor_bank(_GABOR_SIZE)
+    # Converting colours costs about 8 ms per Corel5k image; photos share most of their colours.
+    cache = ColourBinCache() if len(paths) >= _CACHE_MIN_IMAGES else None
 
-    def one(i: int) -> dict[str, np.ndarray] | str:
+    def read(i: int) -> np.ndarray | str:
         p = paths[i]
         if p in skip:
             return f"skipped: {skip[p]}"
         try:
-            rgb = images_lib.read_image(p, min_side=_WORK_SIDE, max_pixels=max_pixels, max_work_pixels=_WORK_PIXELS)
+            return images_lib.read_image(p, min_side=_WORK_SIDE, max_pixels=max_pixels, max_work_pixels=_WORK_PIXELS)
         except images_lib.ImageLoadError as e:
             logging.warning("JEC features: skipping unreadable image %s: %s", e.path, e.reason)
             return e.reason
-        return {f: v.astype(dtype) for f, v in image_features(rgb, bank=bank).items()}
 
-    # numpy's FFTs, reductions and Pillow's decoder release the GIL: threads use several cores
+    def chunk(start: int) -> list[dict[str, np.ndarray] | str]:
+        rows = [read(i) for i in range(start, min(start + chunk_size, len(paths)))]
+        good = [r for r in rows if not isinstance(r, str)]
+        feats = batch_features(good, bank=bank, colour_cache=cache)
+        position = np.cumsum([not isinstance(r, str) for r in rows]) - 1  # row of each image in ``feats``
+        return [r if isinstance(r, str) else {f: v[j] for f, v in feats.items()} for r, j in zip(rows, position)]
+
+    feats = {f: np.full((len(paths), _feature_width(f)), np.nan, dtype) for f in FEATURES}
+    ok = np.zeros(len(paths), bool)
+    failed = []
+    # Pillow's decoder and resizes, numpy's large element-wise operations and FFTs release the GIL: each
+    # thread featurises its own chunk of images, so the threads use several cores
     with concurrent.futures.ThreadPoolExecutor(max(1, num_workers)) as pool:
-        rows = []
-        for i, r in enumerate(pool.map(one, range(len(paths)), chunksize=1)):
-            rows.append(r)
-            if (i + 1) % 1000 == 0:
-                logging.info("JEC features: %d / %d images", i + 1, len(paths))
-    ok = np.array([isinstance(r, dict) for r in rows], bool)
-    failed = [{"index": i, "path": paths[i], "reason": r} for i, r in enumerate(rows) if isinstance(r, str)]
-    template = next((r for r in rows if isinstance(r, dict)), None)
-    feats = {}
-    for f in FEATURES:
-        width = template[f].shape[0] if template is not None else _feature_width(f)
-        feats[f] = np.full((len(paths), width), np.nan, dtype)
-        for i, r in enumerate(rows):
-            if isinstance(r, dict):
-                feats[f][i] = r[f]
+        starts = range(0, len(paths), chunk_size)
+        for start, rows in zip(starts, pool.map(chunk, starts)):
+            for i, r in enumerate(rows, start):
+                if isinstance(r, str):
+                    failed.append({"index": i, "path": paths[i], "reason": r})
+                else:
+                    ok[i] = True
+                    for f in FEATURES:
+                        feats[f][i] = r[f]
+            if (start + chunk_size) // 1000 > start // 1000:
+                logging.info("JEC features: %d / %d images", min(start + chunk_size, len(paths)), len(paths))
     if failed:
         logging.warning("JEC features: %d of %d images could not be read (listed in .failed)", len(failed), len(paths))
     if cache_path is not None:
@@ -337,11 +447,34 @@ def kl_distances(a: ArrayLike, b: ArrayLike, *, eps: float = _KL_EPS) -> jax.Arr
     return (a * jnp.log(a)).sum(1, keepdims=True) - a @ jnp.log(b).T
 
 
+@jax.jit
+def ternary_l1_distances(a: ArrayLike, b: ArrayLike) -> jax.Array:
+    r"""Pairwise L1 distances of rows whose entries are -1, 0 or +1 (HaarQ), by two matrix products.
+
+    .. math::
+        |a - b| = |a| + |b| - |a||b| - ab \quad (a, b \in \{-1, 0, 1\}),\qquad
+        D = |A|\mathbf{1}\mathbf{1}^T + \mathbf{1}\mathbf{1}^T|B|^T - |A||B|^T - AB^T
+
+    Every term is an integer below :math:`2^{24}` for d < 2^22, so float32 gives the exact distances (equal to
+    :func:`l1_distances`) at the cost of a matrix product.
+    """
+    a, b = jnp.asarray(a), jnp.asarray(b)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"a {a.shape} and b {b.shape} must be (n, d) with the same d")
+    hi = jax.lax.Precision.HIGHEST
+    a_abs, b_abs = jnp.abs(a), jnp.abs(b)
+    return (a_abs.sum(1)[:, None] + b_abs.sum(1)[None, :] - jnp.matmul(a_abs, b_abs.T, precision=hi)
+            - jnp.matmul(a, b.T, precision=hi))
+
+
 def feature_distances(name: str, a: ArrayLike, b: ArrayLike) -> jax.Array:
-    """Distance matrix (n_a, n_b) of one JEC feature with that feature's distance (KL for LAB, L1 else)."""
+    """Distance matrix (n_a, n_b) of one JEC feature with that feature's distance (KL for LAB, L1 else; the L1
+    of HaarQ by :func:`ternary_l1_distances`, exact and six times cheaper)."""
     if name not in FEATURES:
         raise ValueError(f"unknown JEC feature {name!r}; choose from {FEATURES}")
-    return kl_distances(a, b) if name in KL_FEATURES else l1_distances(a, b)
+    if name in KL_FEATURES:
+        return kl_distances(a, b)
+    return ternary_l1_distances(a, b) if name in _TERNARY_FEATURES else l1_distances(a, b)
 
 
 def distance_scales(train: dict[str, np.ndarray], *, n_scale: int = 500, seed: int = 0) -> dict[str, float]:

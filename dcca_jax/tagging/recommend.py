@@ -460,6 +460,33 @@ def select_tags(scores: ArrayLike, *, n: int, prior: ArrayLike | None, fill: str
     return TagSelection(*(jnp.concatenate(x, axis=0) for x in zip(*parts)))
 
 
+def first_places(selection: TagSelection, n: int) -> TagSelection:
+    r"""The selection of :func:`select_tags` with ``n`` tags, from one made with more places.
+
+    The rule is prefix-consistent: the first n places for n tags are the first n places for any larger number
+    (evidence first in score order, then the prior's fill), so ``first_places(select_tags(s, n=N, ...), n)``
+    equals ``select_tags(s, n=n, ...)`` for every n <= N, at the cost of one compiled selection instead of one
+    per n (an AP/AR curve over n = 1..10).
+
+    Args:
+      selection: a :class:`TagSelection` with N >= n places.
+      n: places to keep, 1 <= n <= N.
+
+    Returns:
+      A :class:`TagSelection` with n places.
+    """
+    idx = np.asarray(selection.indices)
+    n_q, big_n = idx.shape
+    if not 0 < n <= big_n:
+        raise ValueError(f"n={n} must lie in [1, {big_n}] (the places of the selection, indices {idx.shape})")
+    idx = idx[:, :n]
+    # numpy, not jnp: an eager scatter would compile once per n
+    indicator = np.zeros((n_q, selection.indicator.shape[1]), selection.indicator.dtype)
+    rows, places = np.nonzero(idx >= 0)
+    indicator[rows, idx[rows, places]] = 1
+    return TagSelection(jnp.asarray(idx), jnp.asarray(indicator), jnp.asarray(np.asarray(selection.from_prior)[:, :n]))
+
+
 def recommend_top_n(scores: ArrayLike, *, n: int = 5, prior: ArrayLike | None = None, fill: str = "prior") -> jax.Array:
     """Indices (n_q, n) of the recommended tags, best first, by :func:`select_tags`."""
     return select_tags(scores, n=n, prior=prior, fill=fill).indices

@@ -28,6 +28,8 @@ def test_pca_matches_covariance_eigenvalues():
     z = np.asarray(pca(xv))
     ev = np.sort(np.linalg.eigvalsh(np.cov(xv.T)))[::-1][:4]
     np.testing.assert_allclose(np.var(z, axis=0, ddof=1), ev, rtol=1e-8)
+    _, _, vt = np.linalg.svd(xv - xv.mean(0), full_matrices=False)  # the SVD's axes, up to sign
+    np.testing.assert_allclose(np.abs(np.sum(np.asarray(pca.components) * vt[:4].T, 0)), 1.0, atol=1e-10)
     np.testing.assert_allclose(np.asarray(general_cca.fit_pca(xv, n_components=0)(xv)), xv - xv.mean(0), atol=1e-12)
 
 

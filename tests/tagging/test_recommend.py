@@ -253,10 +253,32 @@ def test_select_tags_matches_a_direct_oracle_on_tied_random_scores(fill):
         sel = recommend.select_tags(scores, n=n, prior=prior, fill=fill, row_chunk=16)
         np.testing.assert_array_equal(sel.indices, want_idx)
         np.testing.assert_array_equal(sel.from_prior, want_flags)
-        ind = np.zeros_like(scores)
-        for r, row in enumerate(want_idx):
-            ind[r, row[row >= 0]] = 1
-        np.testing.assert_array_equal(sel.indicator, ind)
+        np.testing.assert_array_equal(sel.indicator, _indicator_of(want_idx, scores.shape))
+
+
+def _indicator_of(indices, shape):
+    """0/1 matrix of the tag indices of each row (-1 = an empty place)."""
+    ind = np.zeros(shape)
+    for r, row in enumerate(indices):
+        ind[r, row[row >= 0]] = 1
+    return ind
+
+
+@pytest.mark.parametrize("fill", ["prior", "none"])
+def test_first_places_of_the_widest_selection_equal_each_selection(fill):
+    rng = np.random.default_rng(1)
+    scores = rng.integers(-1, 3, size=(60, 9)).astype(float)  # ties, rows with 0..9 positive scores
+    scores[rng.random(scores.shape) < 0.1] = -np.inf
+    prior = rng.integers(0, 4, size=9).astype(float)
+    widest = recommend.select_tags(scores, n=9, prior=prior, fill=fill)
+    for n in range(1, 10):
+        want_idx, want_flags = _select_oracle(scores, prior, n, fill)
+        got = recommend.first_places(widest, n)
+        np.testing.assert_array_equal(got.indices, want_idx)
+        np.testing.assert_array_equal(got.from_prior, want_flags)
+        np.testing.assert_array_equal(got.indicator, _indicator_of(want_idx, scores.shape))
+    with pytest.raises(ValueError, match="n=10"):
+        recommend.first_places(widest, 10)
 
 
 def test_select_tags_rejects_bad_sizes():
