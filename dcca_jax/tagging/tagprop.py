@@ -65,10 +65,12 @@ def tagprop_config() -> ml_collections.ConfigDict:
 
 
 class TagProp(NamedTuple):
-    """A fitted TagProp model (:func:`fit_tagprop`).
+    r"""A fitted TagProp model (:func:`fit_tagprop`).
 
     Attributes:
-      params: ``{"theta": (m,) log distance weights | "g": (K,) rank logits, "alpha": (V,), "beta": (V,)}``.
+      params: ``{"theta": (m,) log distance weights | "g": (K,) rank logits, "log_alpha": (V,), "beta": (V,)}``
+        (sigma-ML slopes :math:`\alpha_w = e^{\mathrm{log\_alpha}_w}`, positive and trained in log space, where
+        Adam's steps are relative: rare words need slopes ten times the starting one).
       train_x: (n, d) training features (normalised when ``config["normalize"]``).
       train_labels: (n, V) 0/1 training tags.
       scales: (m,) mean of each base distance over the training neighbour pairs.
@@ -212,7 +214,7 @@ def tag_probabilities(pi: ArrayLike, neighbour_labels: ArrayLike, params: dict[s
     Args:
       pi: (n, K) or (1, K) neighbour weights.
       neighbour_labels: (n, K, V) 0/1 tags of each image's neighbours.
-      params: ``{"alpha": (V,), "beta": (V,)}`` when ``sigma_ml``.
+      params: ``{"log_alpha": (V,), "beta": (V,)}`` when ``sigma_ml`` (:math:`\alpha_w = e^{\mathrm{log\_alpha}_w}`).
       sigma_ml: apply the word-specific sigmoid.
       eps: probability floor of the plain model.
 
@@ -223,7 +225,7 @@ def tag_probabilities(pi: ArrayLike, neighbour_labels: ArrayLike, params: dict[s
     p = jnp.asarray(pi).astype(yn.dtype)
     x = jnp.einsum("nk,nkv->nv", jnp.broadcast_to(p, yn.shape[:2]), yn)
     if sigma_ml:
-        return jax.nn.sigmoid(params["alpha"] * x + params["beta"])
+        return jax.nn.sigmoid(jnp.exp(params["log_alpha"]) * x + params["beta"])
     return eps + (1.0 - 2.0 * eps) * x
 
 
@@ -254,7 +256,7 @@ def log_likelihood(params: dict[str, jax.Array], distances: ArrayLike | None, ne
     pi = neighbour_weights(params, distances, weighting=weighting, k=k)
     if sigma_ml:
         x = jnp.einsum("nk,nkv->nv", jnp.broadcast_to(pi.astype(yn.dtype), yn.shape[:2]), yn)
-        z = params["alpha"] * x + params["beta"]
+        z = jnp.exp(params["log_alpha"]) * x + params["beta"]
         ll = y * jax.nn.log_sigmoid(z) + (1.0 - y) * jax.nn.log_sigmoid(-z)
     else:
         p = tag_probabilities(pi, yn, params, sigma_ml=False, eps=eps)
@@ -282,7 +284,7 @@ def init_params(labels: ArrayLike, *, weighting: str, k: int, groups: int, sigma
     else:
         p["theta"] = jnp.full(groups, -np.log(groups), dtype)
     if sigma_ml:
-        p["alpha"] = jnp.full(y.shape[1], 8.0, dtype)
+        p["log_alpha"] = jnp.full(y.shape[1], np.log(8.0), dtype)
         p["beta"] = jnp.full(y.shape[1], -4.0, dtype)
     return p
 

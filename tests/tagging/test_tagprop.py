@@ -9,6 +9,8 @@ from jax.test_util import check_grads
 
 from dcca_jax.tagging import recommend, tagprop
 
+pytestmark = pytest.mark.usefixtures("fast_compiles")  # many small programs, each compiled once
+
 
 def _data(n=14, d=3, v=4, seed=0):
     rng = np.random.default_rng(seed)
@@ -42,7 +44,7 @@ def _numpy_loo(x, y, params, *, k, weighting, sigma_ml, eps):
         for w in range(v):
             xw = sum(pi[r] * y[j, w] for r, j in enumerate(nbs[i]))
             if sigma_ml:
-                p = 1.0 / (1.0 + np.exp(-(params["alpha"][w] * xw + params["beta"][w])))
+                p = 1.0 / (1.0 + np.exp(-(np.exp(params["log_alpha"][w]) * xw + params["beta"][w])))
             else:
                 p = eps + (1 - 2 * eps) * xw
             total += np.log(p) if y[i, w] else np.log(1 - p)
@@ -53,7 +55,7 @@ def _random_params(weighting, k, groups, v, sigma_ml, seed=1):
     rng = np.random.default_rng(seed)
     p = {"g": rng.normal(size=k)} if weighting == "rank" else {"theta": rng.normal(size=groups)}
     if sigma_ml:
-        p |= {"alpha": rng.normal(3.0, 1.0, size=v), "beta": rng.normal(-1.0, 0.5, size=v)}
+        p |= {"log_alpha": rng.normal(1.0, 0.5, size=v), "beta": rng.normal(-1.0, 0.5, size=v)}
     return {name: jnp.asarray(a) for name, a in p.items()}
 
 
