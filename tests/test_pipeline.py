@@ -6,7 +6,7 @@ import pytest
 from tests.conftest import METHODS, tiny_pipeline_config
 
 from dcca_jax import pipeline
-from dcca_jax.tagging import recommend
+from dcca_jax.tagging import metrics, recommend
 
 
 def _table2_values(table2):
@@ -100,3 +100,21 @@ def test_prior_fill_is_counted_and_only_fills_places_without_evidence(pipeline_r
             filled = [w for w in idx[r] if w not in pos]
             ranked = [w for w in np.argsort(-prior, kind="stable") if w not in pos][: len(filled)]
             assert filled == ranked, (name, r)  # and the rest are the most frequent other words
+
+
+def test_tagprop_baseline_on_the_runs_cnn_features(pipeline_run):
+    from dcca_jax.tagging import tagprop
+
+    workdir, _ = pipeline_run
+    cfg = tiny_pipeline_config()
+    cfg.tagprop.k, cfg.tagprop.epochs = 5, 2
+    pipe = pipeline.Pipeline(cfg, workdir)
+    r = pipe.recommend_baseline("tagprop")
+    cnn, rows, views = pipe.stage_cnn(), pipe.rows(), pipe.views()
+    model = tagprop.fit_tagprop(cnn["train"][rows["train"]], views.labels["train"], config=cfg.tagprop)
+    want = np.asarray(tagprop.tagprop_scores(model, cnn["test"][rows["test"]]))
+    np.testing.assert_allclose(r["scores"], want, rtol=1e-6)
+    sel = recommend.select_tags(want, n=int(pipe.config.recommend.n_tags), prior=views.labels["train"].sum(0))
+    assert r["metrics"]["per_word/F1"] == pytest.approx(
+        float(metrics.evaluate(sel.indicator, views.labels["test"])["per_word/F1"]))
+    assert "tagprop" in pipeline.BASELINE_NAMES and "tagprop" not in pipeline.pipeline_config().baselines
