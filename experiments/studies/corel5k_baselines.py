@@ -185,8 +185,12 @@ def _tagprop_scores(x_fit, y_fit, x_eval, hp, base) -> np.ndarray:
 
 
 def _sha256(path: str | os.PathLike) -> str | None:
-    """Content hash of a file (features are shared artifacts that can be rewritten between runs)."""
-    return _io.file_sha256(path) if pathlib.Path(path).is_file() else None
+    """Content hash of a file, or "<train.npy hash>,<test.npy hash>" of a CNN stage folder (features are shared
+    artifacts that can be rewritten between runs)."""
+    p = pathlib.Path(path)
+    if p.is_dir():
+        return ",".join(_io.file_sha256(p / f"{s}.npy") for s in ("train", "test"))
+    return _io.file_sha256(p) if p.is_file() else None
 
 
 def _grid(spec: dict[str, Iterable[Any]] | ml_collections.ConfigDict) -> list[dict[str, Any]]:

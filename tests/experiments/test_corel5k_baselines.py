@@ -215,3 +215,6 @@ def test_load_features_from_a_cnn_stage_folder(tmp_path):
         corel5k.load_features(c, corel5k.load_corel5k_labels(tmp_path))
     np.save(tmp_path / "cnn" / "test.npy", x_te)
     np.testing.assert_allclose(corel5k.load_features(c, corel5k.load_corel5k_labels(tmp_path))[1], x_te)
+    import hashlib
+    want = ",".join(hashlib.sha256((tmp_path / "cnn" / f).read_bytes()).hexdigest() for f in ("train.npy", "test.npy"))
+    assert corel5k._sha256(tmp_path / "cnn") == want
