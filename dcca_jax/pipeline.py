@@ -45,6 +45,7 @@ from dcca_jax.visual import handcrafted as handcrafted_lib
 from dcca_jax.visual import images as images_lib
 from dcca_jax.tagging import metrics as metrics_lib
 from dcca_jax.tagging import recommend as rec_lib
+from dcca_jax.tagging import tagprop as tagprop_lib
 from dcca_jax.data import synthetic
 from dcca_jax.models.base import CorrelationModel, correlation_score_curve, load_model
 from dcca_jax.baselines import cca_knn as cca_knn_lib
@@ -69,7 +70,8 @@ __all__ = [
 ]
 
 MODEL_NAMES = ("cca", "kcca", "dcca")
-BASELINE_NAMES = ("jec", "general_cca", "cca_knn")
+BASELINE_NAMES = ("jec", "general_cca", "cca_knn", "tagprop")
+DEFAULT_BASELINES = ("jec", "general_cca", "cca_knn")  # "tagprop" is optional: --config.baselines=(...,'tagprop')
 STAGE_VERSION = 1
 MANIFEST = "manifest.json"
 # Not in a stage's manifest: the bookkeeping files, and "train/" (the resume state of a trained model, whose
@@ -136,11 +138,12 @@ def pipeline_config() -> ml_collections.ConfigDict:
     c.kcca = classes["kcca"].default_config()
     c.dcca = classes["dcca"].default_config()
 
-    c.baselines = BASELINE_NAMES
+    c.baselines = DEFAULT_BASELINES
     c.general_cca = general_cca_lib.general_cca_config()
     c.cca_knn = cca_knn_lib.cca_knn_config()
     c.cca_knn.word2vec_dim = sizes_lib.size_field()
     c.jec = ml_collections.ConfigDict({"k": 5})
+    c.tagprop = tagprop_lib.tagprop_config()  # on the raw CNN features (results/corel5k_side_by_side)
 
     c.recommend = rec_lib.transfer_config()
     c.eval = ml_collections.ConfigDict({"ccs_top_k": 20, "ap_ar_max_tags": 10})
@@ -650,7 +653,7 @@ class Pipeline:
                 **self._evaluate(scores, views.labels["test"], int(c.n_tags), views.labels["train"])}
 
     def recommend_baseline(self, name: str) -> dict:
-        """One baseline (``jec``, ``general_cca`` or ``cca_knn``) on the same split and rows."""
+        """One baseline (``jec``, ``general_cca``, ``cca_knn`` or ``tagprop``) on the same split and rows."""
         data, cnn, rows = self.stage_data(), self.stage_cnn(), self.rows()
         c = self.config
         lab_train, lab_test = data["train"].labels[rows["train"]], data["test"].labels[rows["test"]]
@@ -675,6 +678,9 @@ class Pipeline:
                 logging.warning("JEC could not read %d image(s) the visual stage read: %s", len(extra), extra[:10])
                 return {"scores": scores, "failed_images": extra,
                         **self._evaluate(scores, lab_test, n_tags, lab_train)}
+        elif name == "tagprop":  # fitted on the training rows' CNN features (leave-one-out), no correlation model
+            model = tagprop_lib.fit_tagprop(cnn["train"][rows["train"]], lab_train, config=c.tagprop)
+            scores = tagprop_lib.tagprop_scores(model, cnn["test"][rows["test"]])
         else:
             x_tr, x_te = cnn["train"][rows["train"]], cnn["test"][rows["test"]]
             x_fit = cnn["train"][rows["fit"]]
@@ -791,7 +797,7 @@ class Pipeline:
 
 
 MODEL_TITLES = {"cca": "DMFR&CCA", "kcca": "DMFR&KCCA", "dcca": "DMFR&DCCA"}
-BASELINE_TITLES = {"jec": "JEC", "general_cca": "General CCA", "cca_knn": "CCA-KNN"}
+BASELINE_TITLES = {"jec": "JEC", "general_cca": "General CCA", "cca_knn": "CCA-KNN", "tagprop": "TagProp"}
 
 
 def handcrafted_features(paths, *, cache_path=None, stats=None, max_pixels: int = images_lib.DEFAULT_MAX_PIXELS

@@ -23,6 +23,7 @@ __all__ = [
     "plot_correlation",
     "plot_ap_ar",
     "plot_per_word_ap",
+    "plot_per_word_f1_vs_frequency",
     "plot_sweep",
     "gallery",
 ]
@@ -174,6 +175,38 @@ def plot_per_word_ap(results: dict[str, Any], path: str | os.PathLike, *, method
     ax.set_xscale("log")
     ax.set_xlabel("training images carrying the word")
     ax.set_ylabel("tag-to-image AP (test split)")
+    return _finish(plt, fig, ax, path, legend_size=7)
+
+
+def plot_per_word_f1_vs_frequency(predictions: dict[str, Any], truth: Any, train_labels: Any,
+                                  path: str | os.PathLike, *, n_bins: int = 8) -> pathlib.Path:
+    """Each word's test F1 against its training frequency (log scale), one series per method: the words (dots)
+    and the mean F1 of the words in frequency bins of equal word count (line).
+
+    Args:
+      predictions: method -> (n_test, V) 0/1 recommendations.
+      truth: (n_test, V) 0/1 test tags (words absent from it are left out).
+      train_labels: (n_train, V) 0/1 training tags (the frequencies).
+      path: PNG to write.
+      n_bins: frequency bins of the mean line.
+    """
+    from dcca_jax.tagging import metrics as metrics_lib
+
+    freq = np.asarray(train_labels).sum(0).astype(np.float64)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, pred in predictions.items():
+        w = {k: np.asarray(v) for k, v in metrics_lib.word_scores(pred, truth).items()}
+        ok = w["present"] & (freq > 0)
+        f, f1 = freq[ok], w["F1"][ok]
+        dots = ax.scatter(f, f1, s=8, alpha=0.35)
+        order = np.argsort(f, kind="stable")
+        bins = [b for b in np.array_split(order, n_bins) if len(b)]
+        ax.plot([np.exp(np.log(f[b]).mean()) for b in bins], [f1[b].mean() for b in bins], "o-",
+                color=dots.get_facecolor()[0][:3], label=f"{label} (mean word F1 {f1.mean():.3f})")
+    ax.set_xscale("log")
+    ax.set_xlabel("training images carrying the word")
+    ax.set_ylabel("per-word F1 (test split)")
     return _finish(plt, fig, ax, path, legend_size=7)
 
 

@@ -6,7 +6,7 @@ import pytest
 from tests.conftest import METHODS, tiny_pipeline_config
 
 from dcca_jax import pipeline
-from dcca_jax.tagging import recommend
+from dcca_jax.tagging import metrics, recommend
 
 
 def _table2_values(table2):
@@ -115,3 +115,21 @@ def test_stage_timings_reads_each_stage_in_run_order(tmp_path):
     assert list(t["stages"].items()) == [("cnn", 2.0), ("autoencoder", 3.25), ("recommend", 7.5), ("model_cca@d50", 1.0)]
     assert t["recommend_methods"] == {"JEC": 5.0, "DMFR&CCA": 0.5}
     assert set(t["finished_at"]) == set(t["stages"])
+
+
+def test_tagprop_baseline_on_the_runs_cnn_features(pipeline_run):
+    from dcca_jax.tagging import tagprop
+
+    workdir, _ = pipeline_run
+    cfg = tiny_pipeline_config()
+    cfg.tagprop.k, cfg.tagprop.epochs = 5, 2
+    pipe = pipeline.Pipeline(cfg, workdir)
+    r = pipe.recommend_baseline("tagprop")
+    cnn, rows, views = pipe.stage_cnn(), pipe.rows(), pipe.views()
+    model = tagprop.fit_tagprop(cnn["train"][rows["train"]], views.labels["train"], config=cfg.tagprop)
+    want = np.asarray(tagprop.tagprop_scores(model, cnn["test"][rows["test"]]))
+    np.testing.assert_allclose(r["scores"], want, rtol=1e-6)
+    sel = recommend.select_tags(want, n=int(pipe.config.recommend.n_tags), prior=views.labels["train"].sum(0))
+    assert r["metrics"]["per_word/F1"] == pytest.approx(
+        float(metrics.evaluate(sel.indicator, views.labels["test"])["per_word/F1"]))
+    assert "tagprop" in pipeline.BASELINE_NAMES and "tagprop" not in pipeline.pipeline_config().baselines

@@ -171,10 +171,24 @@ def per_word_metrics(predicted: ArrayLike, truth: ArrayLike) -> dict[str, jax.Ar
     return _per_word_from_counts((p * t).sum(0), p.sum(0), t.sum(0))
 
 
-def _per_word_from_counts(hits, n_pred, n_true) -> dict[str, jax.Array]:
+def _word_precision_recall(hits, n_pred, n_true) -> tuple[jax.Array, jax.Array, jax.Array]:
     present = n_true > 0
     prec = jnp.where(n_pred > 0, hits / jnp.maximum(n_pred, 1), 0.0)
     rec = jnp.where(present, hits / jnp.maximum(n_true, 1), 0.0)
+    return present, prec, rec
+
+
+def word_scores(predicted: ArrayLike, truth: ArrayLike) -> dict[str, jax.Array]:
+    r"""Each word's own :math:`P_w`, :math:`R_w` and :math:`F1_w = 2P_wR_w/(P_w+R_w)` (V,), and ``present``
+    (the word occurs in ``truth``), for per-word plots; :func:`per_word_metrics` averages P_w and R_w instead."""
+    p, t = _as_indicator(predicted), _as_indicator(truth)
+    _check_pair(p, t)
+    present, prec, rec = _word_precision_recall((p * t).sum(0), p.sum(0), t.sum(0))
+    return {"P": prec, "R": rec, "F1": f_measure(prec, rec), "present": present}
+
+
+def _per_word_from_counts(hits, n_pred, n_true) -> dict[str, jax.Array]:
+    present, prec, rec = _word_precision_recall(hits, n_pred, n_true)
     n_words = present.sum(-1)
     denom = jnp.maximum(n_words, 1)
     mean_p = (prec * present).sum(-1) / denom

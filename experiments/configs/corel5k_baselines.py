@@ -49,4 +49,16 @@ def get_config() -> ml_collections.ConfigDict:
         "pca_dims": [0, 300], "ridge_v": [0.1], "ridge_s": [1e-3, 1e-2], "n_components": [50, 100],
         "transfer": {"k": [5, 10, 20], "corr_power": [0.0, 2.0, 4.0]},
     })
+    # TagProp (dcca_jax.tagging.tagprop): the grid searched on validation, and the fixed training settings.
+    c.tagprop = ml_collections.ConfigDict({"k": [50, 100, 200], "weighting": ["rank", "distance"],
+                                           "sigma_ml": [False, True], "l2": [0.0]})
+    c.tagprop_base = ml_collections.ConfigDict({"epochs": 30, "batch_size": 500, "learning_rate": 0.05,
+                                                "feature_groups": 1, "normalize": True})
+    # Rows from a finished pipeline run (read only): "pipeline:<cca|kcca|dcca|jec|...>", "tagprop@<model>".
+    c.pipeline_dir = "runs/corel5k"
+    # "dcca_pixels": the fine-tuning study's test_preds.npz ("" or a missing file: the row says "not run").
+    c.finetune_preds = ""
+    c.finetune_run = ""  # key in test_preds.npz; "" = the first key starting with "finetune"
+    c.plot_top = 3  # methods in the per-word F1 against frequency plot (best test per-word F1)
     return c
+

@@ -13,6 +13,15 @@ Search, in two stages to bound the cost:
 
 CCA-KNN searches its PCA, ridges, directions, correlation power and K jointly (kNN votes, as Murthy et al.).
 
+TagProp (:mod:`dcca_jax.tagging.tagprop`) searches K, the weighting (rank / distance), sigma-ML and the
+regularisation (``config.tagprop``), on the raw CNN features (``"tagprop"``) or on the common space of a
+correlation model of a finished pipeline run (``"tagprop@dcca"``, ``"tagprop@kcca"``, ``"tagprop@cca"``: the
+model of ``config.pipeline_dir`` applied to that run's auto-encoder codes).  ``"pipeline:<name>"`` rows read the
+test scores of the pipeline run's recommend stage (``pipeline:dcca`` = DMFR&DCCA, ``pipeline:jec`` = JEC, ...);
+their settings are the pipeline's, not searched here.  ``"dcca_pixels"`` reads the test recommendations of the
+fine-tuning study (``config.finetune_preds``, run ``config.finetune_run``) and is reported "not run" when the
+file is absent.  A PNG of per-word F1 against training word frequency for the best methods goes beside the tables.
+
 Entry point: :func:`run_corel5k_baselines` (``experiments/corel5k_baselines.py``).
 """
 from __future__ import annotations
@@ -30,11 +39,12 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from dcca_jax import _io
+from dcca_jax import _io, report
 from dcca_jax.data import datasets
 from dcca_jax.tagging import metrics
 from dcca_jax.tagging import recommend
-from dcca_jax.models.base import correlation_score_curve
+from dcca_jax.tagging import tagprop as tagprop_lib
+from dcca_jax.models.base import correlation_score_curve, load_model
 from dcca_jax.baselines import cca_knn, general_cca, jec
 
 # general CCA transfer variants ("general_cca+<variant>") -> their grid in config.transfer_grids
@@ -88,21 +98,99 @@ def load_features(config: ml_collections.ConfigDict, data: Corel5kLabels) -> tup
     if config.get("features_ready"):
         wait_for_file(config.features_ready, timeout_s=config.wait_features_s)
     path = wait_for_file(config.features_path, timeout_s=config.wait_features_s)
+    if path.is_dir():  # a pipeline run's CNN stage: train.npy, test.npy in list-file order
+        xtr, xte = (np.asarray(np.load(path / f"{s}.npy"), np.float64) for s in ("train", "test"))
+        return _check_feature_rows(path, xtr, xte, data)
     with np.load(path) as z:
         for key, ids in (("train_ids", data.train_ids), ("test_ids", data.test_ids)):
             if key in z.files and [str(i) for i in z[key]] != list(ids):
                 raise ValueError(f"{path}: {key} differ from the order of the Corel5k list files; re-extract the "
                                  "features in list-file order")
         xtr, xte = np.asarray(z["train"], np.float64), np.asarray(z["test"], np.float64)
+    return _check_feature_rows(path, xtr, xte, data)
+
+
+def _check_feature_rows(path, xtr, xte, data):
     if xtr.shape[0] != len(data.train_ids) or xte.shape[0] != len(data.test_ids) or xtr.shape[1] != xte.shape[1]:
         raise ValueError(f"{path}: features train {xtr.shape} / test {xte.shape} do not match the "
                          f"{len(data.train_ids)} / {len(data.test_ids)} images of the split")
     return xtr, xte
 
 
+def pipeline_test_scores(pipeline_dir: str | os.PathLike, name: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """The (n_test, V) test scores of one method of a finished pipeline run's recommend stage, with its settings.
+
+    Args:
+      pipeline_dir: the pipeline's workdir (read only).
+      name: ``jec``, ``general_cca``, ``cca_knn`` (baselines) or ``cca``, ``kcca``, ``dcca`` (DMFR&model).
+
+    Returns:
+      (scores, settings): the settings are the recommend stage's recorded inputs for that method.
+    """
+    d = pathlib.Path(pipeline_dir) / "stages" / "recommend"
+    path = d / f"scores_{name}.npy"
+    if not (d / "DONE").exists() or not path.exists():
+        raise ValueError(f"{path} not found (or {d} unfinished): run the pipeline into {pipeline_dir} first, or drop "
+                         f"'pipeline:{name}' from --config.methods")
+    inputs = json.loads((d / "key.json").read_text())["inputs"]
+    settings = inputs["baselines"].get(name) if name in inputs.get("baselines", {}) else {
+        "model": inputs["models"].get(name), "transfer": inputs["recommend"]}
+    return np.load(path), {"pipeline": str(pipeline_dir), **(settings or {})}
+
+
+def pipeline_common_space(pipeline_dir: str | os.PathLike, model_name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Train and test images in the common space of a finished pipeline run's correlation model (read only).
+
+    The model's visual map is applied to the run's visual view (auto-encoder codes, or the CNN features when the
+    run had no auto-encoder stage), in list-file order.
+
+    Returns:
+      (train (n_train, k), test (n_test, k)) visual projections.
+    """
+    st = pathlib.Path(pipeline_dir) / "stages"
+    model_dir = st / f"model_{model_name}" / "model"
+    if not (st / f"model_{model_name}" / "DONE").exists():
+        raise ValueError(f"{model_dir} not found: the pipeline run {pipeline_dir} has no finished {model_name} model")
+    for split in ("train", "test"):
+        ok = st / "cnn" / f"{split}_ok.npy"
+        if ok.exists() and not np.load(ok).all():
+            raise ValueError(f"{ok}: some {split} images have no features, so the run's rows are not the list "
+                             "files' rows; use a pipeline run in which every image was read")
+    view = st / "autoencoder" if (st / "autoencoder" / "train.npy").exists() else st / "cnn"
+    model = load_model(model_dir)
+    return tuple(np.asarray(model.transform(x_v=np.load(view / f"{s}.npy"))[0], np.float32) for s in ("train", "test"))
+
+
+def finetune_predictions(path: str | os.PathLike, run: str = "") -> tuple[np.ndarray, str] | None:
+    """Test recommendations (n_test, V) of the fine-tuning study (``test_preds.npz``), or None when absent.
+
+    Args:
+      path: the study's ``test_preds.npz`` ("" = none).
+      run: the run's key in the file; "" = the first key starting with ``finetune``.
+    """
+    if not path or not pathlib.Path(path).exists():
+        return None
+    with np.load(path) as z:
+        names = [run] if run else sorted(k for k in z.files if k.startswith("finetune"))
+        if not names or names[0] not in z.files:
+            logging.warning("%s holds no run %r (it has %s)", path, run or "finetune*", z.files)
+            return None
+        return np.asarray(z[names[0]], np.float32), names[0]
+
+
+def _tagprop_scores(x_fit, y_fit, x_eval, hp, base) -> np.ndarray:
+    model = tagprop_lib.fit_tagprop(np.asarray(x_fit, np.float32), np.asarray(y_fit, np.float32),
+                                    config=dict(base) | dict(hp))
+    return np.asarray(tagprop_lib.tagprop_scores(model, np.asarray(x_eval, np.float32)))
+
+
 def _sha256(path: str | os.PathLike) -> str | None:
-    """Content hash of a file (features are shared artifacts that can be rewritten between runs)."""
-    return _io.file_sha256(path) if pathlib.Path(path).is_file() else None
+    """Content hash of a file, or "<train.npy hash>,<test.npy hash>" of a CNN stage folder (features are shared
+    artifacts that can be rewritten between runs)."""
+    p = pathlib.Path(path)
+    if p.is_dir():
+        return ",".join(_io.file_sha256(p / f"{s}.npy") for s in ("train", "test"))
+    return _io.file_sha256(p) if p.is_file() else None
 
 
 def _grid(spec: dict[str, Iterable[Any]] | ml_collections.ConfigDict) -> list[dict[str, Any]]:
@@ -211,8 +299,11 @@ def run_corel5k_baselines(config: ml_collections.ConfigDict, workdir: str | os.P
         "select_metric": sel, "n_tags": n_tags, "features": str(config.features_path)}, "methods": {}}
     test_preds: dict[str, np.ndarray] = {}
 
-    def record(name, hp, val_m, n_cand, test_scores, seconds, extra=None):
-        test_m, pred = _eval_scores(test_scores, y_te, n_tags, y_tr)
+    def record(name, hp, val_m, n_cand, test_scores, seconds, extra=None, pred=None):
+        if pred is None:
+            test_m, pred = _eval_scores(test_scores, y_te, n_tags, y_tr)
+        else:  # recommendations made elsewhere (the fine-tuning study)
+            test_m = metrics.to_python(metrics.evaluate(pred, y_te))
         test_preds[name] = pred
         results["methods"][name] = {"hyperparameters": hp, "n_candidates": n_cand, "validation": val_m,
                                     "test": test_m, "seconds": round(seconds, 1), **(extra or {})}
@@ -245,7 +336,8 @@ def run_corel5k_baselines(config: ml_collections.ConfigDict, workdir: str | os.P
         d_te = np.asarray(jec.jec_distances(fte, ftr, scales=jec.distance_scales(ftr)))
         record("jec", hp, val_m, n_c, jec.jec_transfer(d_te, y_tr, n_tags=n_tags, k=hp["k"]), time.time() - t0)
 
-    needs_cnn = [m for m in methods if m not in ("most_frequent", "jec")]
+    needs_cnn = [m for m in methods if m not in ("most_frequent", "jec", "dcca_pixels")
+                 and not m.startswith(("pipeline:", "tagprop@"))]
     if needs_cnn:
         xtr, xte = load_features(config, data)
         results["protocol"]["features_sha256"] = _sha256(config.features_path)
@@ -341,6 +433,46 @@ def run_corel5k_baselines(config: ml_collections.ConfigDict, workdir: str | os.P
                    {"word2vec_seeds": {"seeds": list(ck.seeds), "test": spread,
                                        "hyperparameters": [p[1] for p in per_seed]}})
 
+        # ------------------------------------------------------------ TagProp on the raw CNN features
+        if "tagprop" in methods:
+            t0 = time.time()
+            base = dict(config.tagprop_base)
+            hp, val_m, n_c = _select("tagprop", _grid(config.tagprop),
+                                     lambda c: _tagprop_scores(val_split.xv_fit, val_split.y_fit, val_split.xv_eval,
+                                                               c, base), val_split, n_tags=n_tags, select_metric=sel)
+            record("tagprop", hp, val_m, n_c, _tagprop_scores(xtr, y_tr, xte, hp, base), time.time() - t0)
+
+    # ---------------------------------------------------------------- rows from a finished pipeline run
+    for name in methods:
+        if name.startswith("tagprop@"):  # TagProp in the common space of the run's model
+            t0 = time.time()
+            ztr, zte = pipeline_common_space(config.pipeline_dir, name.split("@", 1)[1])
+            base = dict(config.tagprop_base)
+            z_split = _Split(ztr[fit_idx], y_tr[fit_idx], ztr[val_idx], y_tr[val_idx])
+            hp, val_m, n_c = _select(name, _grid(config.tagprop),
+                                     lambda c: _tagprop_scores(z_split.xv_fit, z_split.y_fit, z_split.xv_eval, c,
+                                                               base), z_split, n_tags=n_tags, select_metric=sel)
+            record(name, hp, val_m, n_c, _tagprop_scores(ztr, y_tr, zte, hp, base), time.time() - t0,
+                   {"space": f"{config.pipeline_dir} model_{name.split('@', 1)[1]} ({ztr.shape[1]} dims)"})
+        elif name.startswith("pipeline:"):  # the run's own test scores, its own settings
+            scores, settings = pipeline_test_scores(config.pipeline_dir, name.split(":", 1)[1])
+            if scores.shape != y_te.shape:
+                raise ValueError(f"{config.pipeline_dir}: {name} scores {scores.shape} do not match the test labels "
+                                 f"{y_te.shape}")
+            record(name, {"settings": "the pipeline run's"}, None, 0, scores, 0.0, {"pipeline_settings": settings})
+    if "dcca_pixels" in methods:
+        found = finetune_predictions(config.finetune_preds, config.finetune_run)
+        if found is None:
+            results.setdefault("not_run", {})["dcca_pixels"] = (
+                f"no fine-tuned run in {config.finetune_preds or '(finetune_preds unset)'}; run "
+                "experiments/finetune_corel5k.py and pass --config.finetune_preds=<workdir>/test_preds.npz")
+        else:
+            pred, run = found
+            if pred.shape != y_te.shape:
+                raise ValueError(f"{config.finetune_preds}: run {run} predictions {pred.shape} do not match the test "
+                                 f"labels {y_te.shape}")
+            record("dcca_pixels", {"run": run, "file": str(config.finetune_preds)}, None, 0, None, 0.0, pred=pred)
+
     # ---------------------------------------------------------------- paired bootstrap against the reference
     ref = config.reference
     if ref in test_preds:
@@ -350,9 +482,15 @@ def run_corel5k_baselines(config: ml_collections.ConfigDict, workdir: str | os.P
             results["methods"][name]["bootstrap_vs_" + ref] = metrics.paired_bootstrap(
                 pred, test_preds[ref], y_te, n_resamples=config.bootstrap_resamples, seed=config.seed,
                 keys=("per_word/F1", "per_word/N+", "per_image/AF"))
+    ranked = sorted((n for n in test_preds if n != "most_frequent"),
+                    key=lambda n: -results["methods"][n]["test"]["per_word/F1"])[:int(config.plot_top)]
+    if ranked:
+        report.plot_per_word_f1_vs_frequency({n: test_preds[n] for n in ranked}, y_te, y_tr,
+                                              workdir / "per_word_f1_vs_frequency.png")
+        results["plot"] = {"file": "per_word_f1_vs_frequency.png", "methods": ranked}
     results["seconds"] = round(time.time() - t_start, 1)
-    (workdir / "results.json").write_text(json.dumps(results, indent=2))
-    (workdir / "results.md").write_text(results_markdown(results, reference=ref))
+    _io.atomic_write_text(workdir / "results.json", json.dumps(results, indent=2))
+    _io.atomic_write_text(workdir / "results.md", results_markdown(results, reference=ref))
     logging.info("wrote %s", workdir / "results.json")
     return results
 
@@ -376,6 +514,8 @@ def results_markdown(results: dict[str, Any], *, reference: str) -> str:
             f"| {name} | {t['per_word/P']:.3f} | {t['per_word/R']:.3f} | {t['per_word/F1']:.3f} | "
             f"{t['per_word/N+']} | {t['per_image/AP']:.3f} | {t['per_image/AR']:.3f} | {t['per_image/AF']:.3f} | "
             f"{ci('per_word/F1')} | {ci('per_image/AF')} | {hp} |")
+    for name, why in results.get("not_run", {}).items():
+        lines.append(f"| {name} | not run: {why} |" + " |" * 9)
     for name, r in results["methods"].items():
         if "correlation_score_curve" in r:
             c = r["correlation_score_curve"]

@@ -134,3 +134,87 @@ def test_load_features_checks_id_order(tmp_path):
     np.savez(tmp_path / "feats.npz", train=x_tr[:5], test=x_te)
     with pytest.raises(ValueError, match=r"\(5, 12\)"):
         corel5k.load_features(c, data)
+
+
+def _fake_pipeline_run(root: pathlib.Path, x_tr, y_tr, x_te, rng):
+    """A finished pipeline run's layout: CNN features, a saved linear CCA, recommend-stage test scores."""
+    from dcca_jax.models.cca import LinearCCA
+
+    st = root / "run" / "stages"
+    for d in ("cnn", "model_cca", "recommend"):
+        (st / d).mkdir(parents=True)
+        (st / d / "DONE").write_text("x\n")
+    np.save(st / "cnn" / "train.npy", x_tr)
+    np.save(st / "cnn" / "test.npy", x_te)
+    cfg = LinearCCA.default_config()
+    cfg.n_components, cfg.ridge_v, cfg.ridge_s = 4, 0.1, 0.1
+    LinearCCA(cfg).fit(x_tr, y_tr).save(st / "model_cca" / "model")
+    scores = rng.random((len(x_te), y_tr.shape[1]))
+    np.save(st / "recommend" / "scores_cca.npy", scores)
+    (st / "recommend" / "key.json").write_text(json.dumps(
+        {"key": "k", "inputs": {"models": {"cca": "m"}, "recommend": {"k": 10}, "baselines": {}}}))
+    return root / "run", scores
+
+
+def test_side_by_side_rows_on_tiny_layout(tmp_path, fast_compiles):
+    """TagProp (raw and in a pipeline model's space), pipeline rows, the fine-tuning row and the plot, in seconds."""
+    from dcca_jax.tagging import recommend, tagprop
+    from experiments.configs import corel5k_side_by_side
+
+    y_tr, y_te, x_tr, x_te = _fixture(tmp_path)
+    run, cca_scores = _fake_pipeline_run(tmp_path, x_tr, y_tr, x_te, np.random.default_rng(1))
+    c = _tiny_config(tmp_path)
+    assert "tagprop@dcca" in corel5k_side_by_side.get_config().methods
+    c.methods = ["raw_knn", "tagprop", "pipeline:cca", "tagprop@cca", "dcca_pixels"]
+    c.reference = "raw_knn"
+    c.pipeline_dir = str(run)
+    c.tagprop = {"k": [5], "weighting": ["rank", "distance"], "sigma_ml": [True], "l2": [0.0]}
+    c.tagprop_base.epochs = 3
+    c.tagprop_base.batch_size = 20
+    c.finetune_preds = ""
+    res = corel5k.run_corel5k_baselines(c, tmp_path / "out")
+    assert "dcca_pixels" in res["not_run"] and "| dcca_pixels | not run" in (tmp_path / "out" / "results.md").read_text()
+    assert (tmp_path / "out" / "per_word_f1_vs_frequency.png").stat().st_size > 1000
+    prior = recommend.tag_prior(y_tr)
+    evaluate = lambda s: metrics.to_python(metrics.evaluate(recommend.select_tags(s, n=3, prior=prior).indicator, y_te))
+    # independent recomputation of three rows
+    assert res["methods"]["pipeline:cca"]["test"] == pytest.approx(evaluate(cca_scores))
+    hp = res["methods"]["tagprop"]["hyperparameters"]
+    assert set(hp) == {"k", "weighting", "sigma_ml", "l2"} and res["methods"]["tagprop"]["n_candidates"] == 2
+    cfg = dict(c.tagprop_base) | hp
+    m = tagprop.fit_tagprop(x_tr.astype(np.float32), y_tr.astype(np.float32), config=cfg)
+    assert res["methods"]["tagprop"]["test"] == pytest.approx(evaluate(tagprop.tagprop_scores(m, x_te.astype(np.float32))))
+    from dcca_jax.models.base import load_model
+    cca = load_model(run / "stages" / "model_cca" / "model")
+    z_tr, z_te = (np.asarray(cca.transform(x_v=x)[0], np.float32) for x in (x_tr, x_te))
+    hp = res["methods"]["tagprop@cca"]["hyperparameters"]
+    m = tagprop.fit_tagprop(z_tr, y_tr.astype(np.float32), config=dict(c.tagprop_base) | hp)
+    assert res["methods"]["tagprop@cca"]["test"] == pytest.approx(evaluate(tagprop.tagprop_scores(m, z_te)))
+    assert "per_word/F1" in res["methods"]["tagprop"]["bootstrap_vs_raw_knn"]
+
+    # the fine-tuning row, from a test_preds.npz
+    pred = np.zeros_like(y_te)
+    pred[:, :3] = 1
+    np.savez(tmp_path / "test_preds.npz", linear_cca=1 - pred, finetune_seed0=pred)
+    c.finetune_preds = str(tmp_path / "test_preds.npz")
+    c.methods = ["raw_knn", "dcca_pixels"]
+    c.plot_top = 0
+    res = corel5k.run_corel5k_baselines(c, tmp_path / "out2")
+    assert res["methods"]["dcca_pixels"]["hyperparameters"]["run"] == "finetune_seed0"
+    assert res["methods"]["dcca_pixels"]["test"] == pytest.approx(metrics.to_python(metrics.evaluate(pred, y_te)))
+
+
+def test_load_features_from_a_cnn_stage_folder(tmp_path):
+    y_tr, y_te, x_tr, x_te = _fixture(tmp_path, n_train=6, n_test=3)
+    (tmp_path / "cnn").mkdir()
+    np.save(tmp_path / "cnn" / "train.npy", x_tr)
+    np.save(tmp_path / "cnn" / "test.npy", x_te[:2])
+    c = _tiny_config(tmp_path)
+    c.features_path = str(tmp_path / "cnn")
+    with pytest.raises(ValueError, match=r"\(2, 12\)"):
+        corel5k.load_features(c, corel5k.load_corel5k_labels(tmp_path))
+    np.save(tmp_path / "cnn" / "test.npy", x_te)
+    np.testing.assert_allclose(corel5k.load_features(c, corel5k.load_corel5k_labels(tmp_path))[1], x_te)
+    import hashlib
+    want = ",".join(hashlib.sha256((tmp_path / "cnn" / f).read_bytes()).hexdigest() for f in ("train.npy", "test.npy"))
+    assert corel5k._sha256(tmp_path / "cnn") == want

@@ -42,6 +42,17 @@ def test_per_word_hand_computed():
     assert int(m["per_word/n_never_predicted"]) == 1
 
 
+def test_word_scores_hand_computed():
+    w = metrics.word_scores(_pred(), TRUTH)
+    # the same counts as above, word by word
+    p = np.array([1 / 3, 1 / 2, 1 / 2, 0, 0])
+    r = np.array([1, 1 / 2, 1, 0, 0])
+    np.testing.assert_allclose(w["P"], p)
+    np.testing.assert_allclose(w["R"], r)
+    np.testing.assert_allclose(w["F1"], [0.5, 0.5, 2 / 3, 0, 0])
+    np.testing.assert_array_equal(w["present"], [True, True, True, True, False])
+
+
 def test_no_prediction_counts_as_zero_precision():
     pred = np.zeros_like(TRUTH)
     m = metrics.evaluate(pred, TRUTH)
