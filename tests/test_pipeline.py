@@ -100,3 +100,15 @@ def test_prior_fill_is_counted_and_only_fills_places_without_evidence(pipeline_r
             filled = [w for w in idx[r] if w not in pos]
             ranked = [w for w in np.argsort(-prior, kind="stable") if w not in pos][: len(filled)]
             assert filled == ranked, (name, r)  # and the rest are the most frequent other words
+
+
+def test_mobilenet_levers_enter_the_cnn_stage_key_only_when_set(tmp_path):
+    c = pipeline.pipeline_config().visual
+    assert pipeline._mobilenet_levers(c) == {}  # default: the keys of existing runs are unchanged
+    c.mobilenet_v2.tta = "flip"
+    c.mobilenet_v2.pool_blocks = ("expanded_conv_16", "Conv_1")
+    assert pipeline._mobilenet_levers(c) == {"tta": "flip", "pool_blocks": ["expanded_conv_16", "Conv_1"]}
+    (tmp_path / "ft.npz").write_bytes(b"weights")
+    c.mobilenet_v2.finetuned_checkpoint = str(tmp_path / "ft.npz")
+    import hashlib
+    assert pipeline._mobilenet_levers(c)["finetuned_checkpoint"] == hashlib.sha256(b"weights").hexdigest()
