@@ -232,6 +232,11 @@ def run_feature_levers(config: ml_collections.ConfigDict, workdir: str | os.Path
                 seed=int(config.split_seed), keys=("per_word/F1", "per_word/N+", "per_image/AF"))
     results["passes"] = {p: json.loads((workdir / "passes" / f"{p}.json").read_text())
                          for p in config.passes if (workdir / "passes" / f"{p}.json").exists()}
+    if "finetuned" in config.passes:
+        with np.load(config.finetuned_checkpoint) as z:
+            results["finetuned_checkpoint"] = {"path": str(config.finetuned_checkpoint),
+                                               "sha256": _io.file_sha256(config.finetuned_checkpoint),
+                                               "meta": json.loads(str(z["__meta__"]))}
     results["config"] = json.loads(config.to_json())
     results["seconds"] = round(time.time() - t_start, 1)
     _io.atomic_write_json(workdir / "results.json", _io.jsonable(results), indent=1)
