@@ -15,6 +15,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.data_dir = "../shared/data/corel5k"
     c.tflite_path = "../shared/models/mobilenet_v2_1.0_224_quant/mobilenet_v2_1.0_224_quant.tflite"
     c.finetuned_checkpoint = "runs/corel5k_finetune/finetune_seed0/finetuned_backbone.npz"
+    # When finetuned_checkpoint does not exist yet: export the best-so-far CNN from this fine-tuning run's latest
+    # checkpoint to it (an interim backbone of a run still in progress; results.json records its epoch).
+    c.finetuned_run_dir = ""
     c.finetuned_input_size = 160  # what experiments/configs/finetune_corel5k.py trained at
     c.finetuned_crop_fraction = 0.875  # its evaluation view (dcca_jax.visual.augment.eval_image)
     c.crop_fraction = 1.0  # the baseline features (runs/corel5k, stages/cnn)

@@ -15,7 +15,7 @@ Every candidate feature set is then assembled from the pooled blocks exactly as 
 ridge, K and the kNN's neighbour view chosen on validation).  Per lever the candidate with the best
 validation per-word F1 is chosen on the 4000/500 split (seed 0, the split of the baselines and of the
 fine-tuning study), refitted on the 4,500 training images and evaluated once on the 499 test images, by
-general CCA + kNN and by general CCA + 2PKNN (its own validation grid in the chosen space), with paired
+general CCA + kNN and by general CCA + 2PKNN (its own grid, in the space the kNN chose), with paired
 bootstrap intervals against the baseline features under the same downstream.
 
 Caveat for the fine-tuned lever: its network was trained on the 4000 fitting images and early-stopped on the
@@ -133,13 +133,19 @@ class Downstream:
         space = {k: c[k] for k in ("pca_dims", "ridge_v", "ridge_s", "n_components")}
         return space, self.base_t | {k: v for k, v in c.items() if k not in space}
 
-    def validate(self, x_train: np.ndarray, transfer: str = "knn") -> tuple[dict, dict, int]:
-        """Best downstream setting on the validation part: (hyperparameters, validation metrics, n candidates)."""
+    def validate(self, x_train: np.ndarray, transfer: str = "knn", space: dict | None = None
+                 ) -> tuple[dict, dict, int]:
+        """Best downstream setting on the validation part: (hyperparameters, validation metrics, n candidates).
+
+        ``space``: fix the CCA space (``ridge_v``, ``ridge_s``, ``n_components``; e.g. the kNN's choice) and
+        search only the transfer's grid (how 2PKNN is tuned, as in the baselines study's second stage).
+        """
         xf, xv = _scaled(x_train[self.fit_idx], x_train[self.val_idx])
         split = _Split(xf, self.y_tr[self.fit_idx], xv, self.y_tr[self.val_idx])
         g = self.config.downstream
         cache = _SpaceCache(split, lambda y: y, max(g.n_components), "binary")
-        space = _grid({"pca_dims": [0], "ridge_v": g.ridge_v, "ridge_s": g.ridge_s, "n_components": g.n_components})
+        space = ([{"pca_dims": 0, **{k: space[k] for k in ("ridge_v", "ridge_s", "n_components")}}] if space else
+                 _grid({"pca_dims": [0], "ridge_v": g.ridge_v, "ridge_s": g.ridge_s, "n_components": g.n_components}))
         cands = [s | t for s in space for t in _grid(g.knn if transfer == "knn" else g.two_pass)]
         return _select(transfer, cands, lambda c: cache.scores(*self._split_hp(c), self.eye), split,
                        n_tags=self.n_tags, select_metric=self.sel)
@@ -174,6 +180,8 @@ def run_feature_levers(config: ml_collections.ConfigDict, workdir: str | os.Path
 
     passes = {}
     for name in config.passes:
+        if name == "finetuned":  # last: its weights may come from a fine-tuning run still in progress
+            continue
         passes[name] = extract_pass(config, name, paths, workdir)
         logging.info("pass %s done", name)
     if config.get("baseline_check"):  # the plain pass's Conv_1 against the existing pipeline's cnn stage
@@ -183,6 +191,8 @@ def run_feature_levers(config: ml_collections.ConfigDict, workdir: str | os.Path
 
     down = Downstream(config, y_tr, y_te, fit_idx, val_idx)
     cands = candidates(config, passes)
+    if "finetuned" in config.passes:
+        cands["finetuned"] = None  # extracted when its turn comes
     results: dict[str, Any] = {"protocol": {
         "split": f"{len(fit_idx)}/{len(val_idx)} validation split of the {n_tr} training images (seed "
                  f"{config.split_seed}); test {len(y_te)} images used once per feature set",
@@ -192,6 +202,13 @@ def run_feature_levers(config: ml_collections.ConfigDict, workdir: str | os.Path
     val_cache: dict[str, tuple] = {}
     for lever, cand in cands.items():
         t0 = time.time()
+        if cand is None:
+            if not pathlib.Path(config.finetuned_checkpoint).exists() and config.get("finetuned_run_dir"):
+                meta = export_checkpoint_backbone(config.finetuned_run_dir, config.tflite_path,
+                                                  config.finetuned_checkpoint)
+                logging.info("exported the interim fine-tuned backbone %s", meta)
+            passes["finetuned"] = extract_pass(config, "finetuned", paths, workdir)
+            cand = candidates(config, passes)["finetuned"]
         scored = []
         for settings, feats in cand:
             key = json.dumps(settings, sort_keys=True)
@@ -211,7 +228,7 @@ def run_feature_levers(config: ml_collections.ConfigDict, workdir: str | os.Path
             if transfer == "knn":
                 t_hp, t_val = hp, val_m
             else:
-                t_hp, t_val, _ = down.validate(feats[:n_tr], transfer)
+                t_hp, t_val, _ = down.validate(feats[:n_tr], transfer, space=hp)
             test_m, pred = down.test(feats[:n_tr], feats[n_tr:], t_hp)
             preds[transfer] = pred
             rec["downstreams"][transfer] = {"hyperparameters": t_hp, "validation": t_val, "test": test_m}

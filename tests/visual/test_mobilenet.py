@@ -174,8 +174,15 @@ def test_uint8_emulation_agrees_on_200_photos_through_extract():
 @functools.lru_cache(maxsize=1)
 def _random_params():
     """A randomly initialised backbone (no logits), read-only: the levers are weight-agnostic."""
-    model = mobilenet.MobileNetV2(num_classes=0)
-    return model.init(jax.random.key(1), jnp.zeros((1, 32, 32, 3)))["params"]
+    shapes = jax.eval_shape(mobilenet.MobileNetV2(num_classes=0).init, jax.random.key(1), jnp.zeros((1, 32, 32, 3)))
+    rng = np.random.default_rng(1)  # He-scaled numpy draws: flax's init compiles for about a minute on 2 cores
+
+    def draw(s):
+        fan_in = int(np.prod(s.shape[:-1])) if len(s.shape) > 1 else 0
+        return jnp.asarray(rng.normal(0, np.sqrt(2 / fan_in), s.shape) if fan_in else rng.normal(0, 0.1, s.shape),
+                           jnp.float32)
+
+    return jax.tree_util.tree_map(draw, shapes["params"])
 
 
 def _images(n=3, size=32, seed=0):
@@ -218,7 +225,7 @@ def test_flip_tta_is_the_mean_of_the_image_and_its_mirror():
     both = mobilenet.make_apply_fn(v, pool_blocks=("expanded_conv_15", "Conv_1"))(np.concatenate([x, mirrored]))
     plain = np.concatenate([np.asarray(both["blocks"][b]) for b in ("expanded_conv_15", "Conv_1")], axis=1)
     want = (plain[:len(x)] + plain[len(x):]) / 2
-    np.testing.assert_allclose(flip(x), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(flip(x), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())  # float32, batch 3 vs 6
     assert not np.allclose(plain[:len(x)], want, atol=1e-4)  # random images are not mirror-symmetric
     with pytest.raises(ValueError, match="tta"):
         mobilenet.make_feature_fn(v, tta="crops10")
