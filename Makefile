@@ -8,7 +8,7 @@ BENCH_STAMP := $(BENCH_VENV)/.installed
 WORKDIR ?= runs/default
 PYTEST_FLAGS ?=
 
-.PHONY: install run test test-slow test-all bench bench-scale bench-semantic bench-finetune bench-pipeline corel5k-finetune \
+.PHONY: install run test test-slow test-all bench bench-scale bench-semantic bench-finetune bench-pipeline corel5k-finetune corel5k-levers \
 	accelerator-check accelerator-check-tiny clean
 
 $(STAMP): pyproject.toml
@@ -78,6 +78,10 @@ bench-finetune: install
 corel5k-finetune: install
 	$(BIN)/python experiments/finetune_corel5k.py --config=experiments/configs/finetune_corel5k.py \
 	  --workdir=runs/corel5k_finetune
+
+corel5k-levers: install
+	$(BIN)/python experiments/feature_levers.py --config=experiments/configs/feature_levers.py \
+	  --workdir=runs/corel5k_levers
 
 # On a GPU/TPU machine: correctness and speed checks, each capped, about 8 minutes in all; writes
 # results/accelerator/<device>.json and .md. ACCEL_FLAGS e.g. --wheels=DIR (offline jax install), --only=a,b.

@@ -97,6 +97,7 @@ __all__ = [
     "make_optimizer",
     "accumulated_gradients",
     "calibrate_batch_norm",
+    "finetuned_backbone",
     "FinetunedDCCA",
     "fit_finetune",
 ]
@@ -581,6 +582,25 @@ class FinetunedDCCA:
 
     def transform(self, x_v=None, x_s=None):
         return self.transform_boundary(None if x_v is None else self.boundary(x_v), x_s)
+
+
+def finetuned_backbone(model: FinetunedDCCA, pretrained: dict) -> dict:
+    """The whole MobileNetV2 backbone of a fitted model: ``pretrained`` layers with the trained ones swapped in.
+
+    The result is a params tree of :class:`dcca_jax.visual.mobilenet.MobileNetV2` without logits, for
+    :func:`dcca_jax.visual.mobilenet.save_backbone_params` (the frozen pipeline's ``finetuned_checkpoint``).
+    Only ``batch_norm="folded"`` models (a BatchNorm would need folding into the convolution) are supported.
+    """
+    if model.config.batch_norm == "update" and model.batch_stats:
+        raise ValueError("exporting the backbone of a batch_norm='update' model is not supported (its BatchNorm "
+                         "layers are not folded into the convolutions); fine-tune with batch_norm='folded'")
+    out = {k: v for k, v in pretrained.items() if k != "Logits"}
+    trained = model.params["visual"].get("backbone", {})
+    unknown = sorted(set(trained) - set(out))
+    if unknown:
+        raise ValueError(f"trained layers {unknown[:3]} are not in the pretrained params (layers {sorted(out)[:3]}...)")
+    out.update(jax.device_get(trained))
+    return out
 
 
 def _final_cca(config, h_v, h_s) -> CCAParams:

@@ -53,7 +53,7 @@ from dcca_jax.baselines import general_cca as general_cca_lib
 from dcca_jax.baselines import jec as jec_lib
 from dcca_jax.models.cca import LinearCCA
 from dcca_jax._io import (atomic_save_npy, atomic_save_npz, atomic_write_json, atomic_write_text, config_key,
-                          decode_problem, file_manifest, jsonable, listed_files, manifest_problems,
+                          decode_problem, file_manifest, file_sha256, jsonable, listed_files, manifest_problems,
                           package_versions)
 
 __all__ = [
@@ -77,6 +77,15 @@ MANIFEST = "manifest.json"
 # Not in a stage's manifest: the bookkeeping files, and "train/" (the resume state of a trained model, whose
 # checkpoints Checkpoints.restore_or_init checks itself; the finished stage never reads it).
 _UNLISTED = ("key.json", "DONE", MANIFEST, "train")
+
+
+
+def _mobilenet_levers(visual: ml_collections.ConfigDict) -> dict:
+    """The non-default MobileNetV2 levers of ``config.visual`` (fine-tuned weights by content hash)."""
+    out = extract_lib.changed_levers(visual.get("mobilenet_v2", ml_collections.ConfigDict()))
+    if out.get("finetuned_checkpoint") and pathlib.Path(out["finetuned_checkpoint"]).is_file():
+        out["finetuned_checkpoint"] = file_sha256(out["finetuned_checkpoint"])
+    return out
 
 
 class PipelineError(RuntimeError):
@@ -126,6 +135,9 @@ def pipeline_config() -> ml_collections.ConfigDict:
     # Images whose declared size has more pixels are refused (named in results.json) before decoding, on
     # every backbone and in JEC; larger ones are decoded at reduced size (visual.images.open_image).
     c.visual.max_pixels = images_lib.DEFAULT_MAX_PIXELS
+    # MobileNetV2 feature levers (visual.extract.backbone_config's mobilenet_v2 fields; JAX port only): pooled
+    # outputs of several layers, per-block L2, horizontal-flip averaging, the fine-tuned network's weights.
+    c.visual.mobilenet_v2 = ml_collections.ConfigDict(dict(extract_lib.LEVER_DEFAULTS))
     c.visual.use_autoencoder = True
     c.visual.autoencoder = ae_lib.autoencoder_config()
 
@@ -445,7 +457,11 @@ class Pipeline:
             payload["weights"] = c.tflite_path
             ecfg = extract_lib.backbone_config()
             ecfg.engine = c.engine
+            ecfg.mobilenet_v2.update(dict(c.get("mobilenet_v2", {})))
             payload["engine"] = extract_lib.resolve_engine(ecfg)[0]  # the engines' features differ slightly
+            levers = _mobilenet_levers(c)
+            if levers:  # only when set, so the keys of runs without levers stay the same
+                payload["levers"] = levers
         elif name == "alexnet":
             payload["weights"] = [c.alexnet_weights, c.alexnet_layout]
         splits = {"train": data["train"], "test": data["test"]}
@@ -474,6 +490,7 @@ class Pipeline:
                     bcfg.alexnet.weights_path = c.alexnet_weights
                     bcfg.alexnet.layout = c.alexnet_layout
                     bcfg.crop_fraction = c.crop_fraction
+                    bcfg.mobilenet_v2.update(dict(c.get("mobilenet_v2", {})))
                     if name == "mobilenet_v2" and not pathlib.Path(c.tflite_path).exists():
                         raise PipelineError(f"MobileNetV2 TFLite file not found: {c.tflite_path}; set "
                                             "--config.visual.tflite_path or $DCCA_MOBILENET_TFLITE.")

@@ -257,3 +257,20 @@ def test_bfloat16_compute_dtype_gradients_close_to_float32():
     stem = finetune.make_functions(_config(trainable_from="Conv", dtype="float32", compute_dtype="bfloat16"))
     assert stem.prefix({}, a).dtype == jnp.bfloat16
     assert fns16.pooled_eval(params["visual"], {}, a).dtype == jnp.float32
+
+
+def test_finetuned_backbone_swaps_in_the_trained_layers():
+    import types
+
+    pretrained = {"Conv": {"conv": {"kernel": np.ones((3, 3, 3, 32))}}, "Conv_1": {"conv": {"kernel": np.zeros(2)}},
+                  "Logits": {"kernel": np.ones(2)}}
+    trained = {"Conv_1": {"conv": {"kernel": np.full(2, 7.0)}}}
+    model = types.SimpleNamespace(config=types.SimpleNamespace(batch_norm="folded"), batch_stats=None,
+                                  params={"visual": {"backbone": trained, "head": {}}})
+    out = finetune.finetuned_backbone(model, pretrained)
+    assert set(out) == {"Conv", "Conv_1"}  # logits dropped
+    np.testing.assert_array_equal(out["Conv_1"]["conv"]["kernel"], [7.0, 7.0])
+    assert out["Conv"] is pretrained["Conv"]
+    model.config.batch_norm, model.batch_stats = "update", {"Conv_1": {"bn": {"mean": np.zeros(2)}}}
+    with pytest.raises(ValueError, match="batch_norm='update'"):
+        finetune.finetuned_backbone(model, pretrained)

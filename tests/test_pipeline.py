@@ -133,3 +133,15 @@ def test_tagprop_baseline_on_the_runs_cnn_features(pipeline_run):
     assert r["metrics"]["per_word/F1"] == pytest.approx(
         float(metrics.evaluate(sel.indicator, views.labels["test"])["per_word/F1"]))
     assert "tagprop" in pipeline.BASELINE_NAMES and "tagprop" not in pipeline.pipeline_config().baselines
+
+
+def test_mobilenet_levers_enter_the_cnn_stage_key_only_when_set(tmp_path):
+    c = pipeline.pipeline_config().visual
+    assert pipeline._mobilenet_levers(c) == {}  # default: the keys of existing runs are unchanged
+    c.mobilenet_v2.tta = "flip"
+    c.mobilenet_v2.pool_blocks = ("expanded_conv_16", "Conv_1")
+    assert pipeline._mobilenet_levers(c) == {"tta": "flip", "pool_blocks": ["expanded_conv_16", "Conv_1"]}
+    (tmp_path / "ft.npz").write_bytes(b"weights")
+    c.mobilenet_v2.finetuned_checkpoint = str(tmp_path / "ft.npz")
+    import hashlib
+    assert pipeline._mobilenet_levers(c)["finetuned_checkpoint"] == hashlib.sha256(b"weights").hexdigest()

@@ -143,6 +143,12 @@ def _preprocess_of(name: str, visual) -> dict | None:
 def _backbone_spec(name: str, visual, engine: str = "jax") -> dict:
     spec: dict[str, Any] = {"name": name}
     if name == "mobilenet_v2":
+        from dcca_jax.visual import extract
+
+        levers = extract.changed_levers(visual.get("mobilenet_v2", {}))
+        if levers:
+            raise ValueError(f"tagger bundles do not carry the MobileNetV2 feature levers {sorted(levers)} yet; export "
+                             "a tagger from a run with the default config.visual.mobilenet_v2")
         spec.update(weights=os.path.abspath(visual.tflite_path), weights_sha256=_io.file_sha256(visual.tflite_path),
                     emulate_uint8=True, engine=engine)
     elif name == "alexnet":

@@ -58,6 +58,8 @@ class Backbone:
         engine: ``"jax"`` or ``"litert"``.
         input_uint8: ``apply`` takes the decoded uint8 images, unpadded (the LiteRT engine), rather than
             normalised float images in fixed-shape batches.
+        needs_jax: True when a setting exists only in the JAX port (block pooling, test-time augmentation,
+            fine-tuned weights, another input size), so another engine cannot stand in for it.
     """
 
     name: str
@@ -67,6 +69,7 @@ class Backbone:
     fingerprint: dict
     engine: str = "jax"
     input_uint8: bool = False
+    needs_jax: bool = False
 
 
 @dataclasses.dataclass
@@ -101,6 +104,16 @@ def backbone_config() -> ml_collections.ConfigDict:
     # Round activations to the file's uint8 grid, as the quantisation-aware-trained network ran (closest to
     # the TFLite interpreter: cosine >= 0.99); False gives the plain float network.
     c.mobilenet_v2.emulate_uint8 = True
+    # Feature levers (JAX port only, see Backbone.needs_jax): pooled outputs of these layers concatenated
+    # (mobilenet.POOLABLE; () = the plain 1280-d "Conv_1" pre-logits), each L2-normalised with block_norm="l2";
+    # tta="flip" averages the pooled outputs of the image and of its horizontal mirror.
+    c.mobilenet_v2.pool_blocks = ()
+    c.mobilenet_v2.block_norm = "none"
+    c.mobilenet_v2.tta = "none"
+    # npz of mobilenet.save_backbone_params (e.g. runs/corel5k_finetune/finetune_seed0/finetuned_backbone.npz, the
+    # network fine-tuned inside DCCA); "" = the TFLite weights.  A float network: emulate_uint8 does not apply.
+    c.mobilenet_v2.finetuned_checkpoint = ""
+    c.mobilenet_v2.input_size = 224  # the fine-tuned network of experiments/configs/finetune_corel5k.py saw 160
     c.alexnet = ml_collections.ConfigDict()
     c.alexnet.weights_path = ""
     c.alexnet.layout = "torchvision"
@@ -108,9 +121,27 @@ def backbone_config() -> ml_collections.ConfigDict:
     return c
 
 
+LEVER_DEFAULTS = {"pool_blocks": (), "block_norm": "none", "tta": "none", "finetuned_checkpoint": "",
+                  "input_size": 224}
+
+
+def changed_levers(mobilenet_config) -> dict:
+    """The MobileNetV2 lever fields (:data:`LEVER_DEFAULTS`) of ``mobilenet_config`` that differ from the defaults.
+
+    Sequences come back as lists, the fine-tuned checkpoint as its path; an empty dict means the plain network.
+    """
+    out = {}
+    for k, default in LEVER_DEFAULTS.items():
+        v = mobilenet_config.get(k, default)
+        v = list(v) if isinstance(v, (list, tuple)) else v
+        if v != (list(default) if isinstance(default, tuple) else default):
+            out[k] = v
+    return out
+
+
 def _jax_only(config: ml_collections.ConfigDict, dtype) -> list[str]:
     """Settings of a MobileNetV2 config that only the JAX port implements (add new JAX-only options here)."""
-    reasons = []
+    reasons = [f"mobilenet_v2.{k}={v!r} (a feature lever)" for k, v in changed_levers(config.mobilenet_v2).items()]
     if not config.mobilenet_v2.emulate_uint8:
         reasons.append("mobilenet_v2.emulate_uint8=False asks for the plain float network")
     if jnp.dtype(dtype) != jnp.float32:
@@ -173,16 +204,19 @@ def build_backbone(config: ml_collections.ConfigDict, *, dtype=jnp.float32) -> B
     if name == "mobilenet_v2":
         from dcca_jax.visual import mobilenet
 
-        path = config.mobilenet_v2.tflite_path
-        if not path:
-            raise ValueError("config.mobilenet_v2.tflite_path is empty: point it at mobilenet_v2_1.0_224_quant.tflite")
-        pre = images_lib.Preprocess(size=mobilenet.INPUT_SIZE, crop_fraction=config.crop_fraction,
-                                    normalisation="mobilenet_v2")
+        mc = config.mobilenet_v2
+        changed = changed_levers(mc)
         engine, why = resolve_engine(config, dtype=dtype)
         logging.info("mobilenet_v2 runs on the %s engine: %s", engine, why)
         if engine == "litert":
             from dcca_jax.visual import litert
 
+            path = mc.tflite_path
+            if not path:
+                raise ValueError("config.mobilenet_v2.tflite_path is empty: point it at "
+                                 "mobilenet_v2_1.0_224_quant.tflite")
+            pre = images_lib.Preprocess(size=mobilenet.INPUT_SIZE, crop_fraction=config.crop_fraction,
+                                        normalisation="mobilenet_v2")
             net = litert.LiteRTFeatures(path)
             if net.input_dtype != np.uint8:  # a float file: the JAX normalisation is its input mapping
                 raise ValueError(f"{path}: the LiteRT engine expects the quantised (uint8-input) MobileNetV2 file; "
@@ -190,12 +224,27 @@ def build_backbone(config: ml_collections.ConfigDict, *, dtype=jnp.float32) -> B
             return Backbone(name, net, pre, net.dim,
                             {"backbone": name, "weights_sha256": file_sha256(path), "engine": "litert"},
                             engine="litert", input_uint8=True)
-        variables = mobilenet.load_tflite_params(path, dtype=dtype)
-        emulate = bool(config.mobilenet_v2.emulate_uint8) and "quant" in variables
-        fn = mobilenet.make_apply_fn(variables, emulate_uint8=emulate)
-        return Backbone(name, lambda x: fn(x)["features"], pre, mobilenet.NUM_FEATURES,
-                        {"backbone": name, "weights_sha256": file_sha256(path), "emulate_uint8": emulate,
-                         "dtype": jnp.dtype(dtype).name, "engine": "jax"})
+        levers = {**LEVER_DEFAULTS, **changed}
+        finetuned = levers["finetuned_checkpoint"]
+        if finetuned:
+            variables = mobilenet.load_backbone_params(finetuned, dtype=dtype)
+            path = finetuned
+            changed["finetuned_checkpoint"] = True  # the weights hash below identifies the file
+        else:
+            path = mc.tflite_path
+            if not path:
+                raise ValueError("config.mobilenet_v2.tflite_path is empty: point it at "
+                                 "mobilenet_v2_1.0_224_quant.tflite")
+            variables = mobilenet.load_tflite_params(path, dtype=dtype)
+        emulate = bool(mc.emulate_uint8) and "quant" in variables
+        fn, dim = mobilenet.make_feature_fn(variables, emulate_uint8=emulate, pool_blocks=levers["pool_blocks"],
+                                            block_norm=levers["block_norm"], tta=levers["tta"])
+        pre = images_lib.Preprocess(size=int(levers["input_size"]), crop_fraction=config.crop_fraction,
+                                    normalisation="mobilenet_v2")
+        # Non-default levers only, so caches made before these options existed stay valid.
+        fingerprint = {"backbone": name, "weights_sha256": file_sha256(path), "emulate_uint8": emulate,
+                       "dtype": jnp.dtype(dtype).name, "engine": "jax", **changed}
+        return Backbone(name, fn, pre, dim, fingerprint, engine="jax", needs_jax=bool(changed))
     if name == "alexnet":
         from dcca_jax.visual import alexnet
 

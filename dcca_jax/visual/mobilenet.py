@@ -55,6 +55,41 @@ def _block_specs():
 
 
 BLOCKS = _block_specs()
+# Every layer whose output can be pooled (``pool_blocks``), in network order, with its output width.
+POOLABLE = {"Conv": 32, **{b[0]: b[3] for b in BLOCKS}, "Conv_1": NUM_FEATURES}
+BLOCK_NORMS = ("none", "l2")
+
+
+def check_pool_blocks(pool_blocks) -> tuple[str, ...]:
+    """``pool_blocks`` as a tuple of distinct layer names of :data:`POOLABLE` (ValueError naming the bad ones)."""
+    names = tuple(str(b) for b in pool_blocks)
+    bad = [b for b in names if b not in POOLABLE]
+    if bad or len(set(names)) != len(names):
+        raise ValueError(f"pool_blocks must be distinct layer names of MobileNetV2, one of {list(POOLABLE)}; got "
+                         f"{list(names)} (unknown: {bad})")
+    return names
+
+
+def concat_blocks(pooled: dict, pool_blocks, *, block_norm: str = "none"):
+    r"""Concatenate pooled block activations in the order of ``pool_blocks``, each optionally L2-normalised.
+
+    With ``block_norm="l2"`` each block ``b`` contributes :math:`g_b / \max(\lVert g_b \rVert_2, 10^{-12})`, so
+    every block has unit norm and the wide 1280-d layer does not dominate distances and covariances.
+
+    Args:
+      pooled: layer name -> ``(n, width)`` globally average-pooled activations.
+      pool_blocks: the layers to use (see :func:`check_pool_blocks`).
+      block_norm: ``"none"`` or ``"l2"``.
+
+    Returns:
+      ``(n, sum of widths)``.
+    """
+    if block_norm not in BLOCK_NORMS:
+        raise ValueError(f"block_norm must be one of {BLOCK_NORMS}, got {block_norm!r}")
+    parts = [pooled[b] for b in check_pool_blocks(pool_blocks)]
+    if block_norm == "l2":
+        parts = [p / jnp.maximum(jnp.linalg.norm(p, axis=-1, keepdims=True), 1e-12) for p in parts]
+    return jnp.concatenate(parts, axis=-1)
 
 
 def _fake_quant(x, scale, zero_point):
@@ -203,6 +238,7 @@ class MobileNetV2(nn.Module):
 
     num_classes: int = NUM_CLASSES
     emulate_uint8: bool = False
+    pool_blocks: tuple[str, ...] = ()
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
@@ -214,23 +250,35 @@ class MobileNetV2(nn.Module):
             train: unused (the folded batch norm has no training mode); kept for the common API.
 
         Returns:
-            ``{"features": (n, 1280), "logits": (n, num_classes)}``.
+            ``{"features": (n, 1280), "logits": (n, num_classes)}`` (no logits when ``num_classes == 0``), plus
+            ``"blocks": {name: (n, width)}``, the globally average-pooled output of each layer of ``pool_blocks``
+            (``"Conv_1"``'s is ``features`` itself).
         """
         if x.ndim != 4 or x.shape[-1] != 3:
             raise ValueError(f"MobileNetV2 expects (n, H, W, 3) images, got shape {x.shape}")
         if self.emulate_uint8:
             qp = self.variable("quant", "input", lambda: jnp.array([1.0, 0.0], jnp.float32)).value
             x = _fake_quant(x, qp[0].astype(x.dtype), qp[1].astype(x.dtype))
+        want = check_pool_blocks(self.pool_blocks)
+        blocks = {}
         x = QConv(32, 3, stride=2, emulate_uint8=self.emulate_uint8, name="Conv")(x)
+        if "Conv" in want:
+            blocks["Conv"] = jnp.mean(x, axis=(1, 2))
         for name, t, c_in, c_out, s in BLOCKS:
             x = InvertedResidual(t, c_in, c_out, s, emulate_uint8=self.emulate_uint8, name=name)(x)
+            if name in want:
+                blocks[name] = jnp.mean(x, axis=(1, 2))
         x = QConv(NUM_FEATURES, 1, emulate_uint8=self.emulate_uint8, name="Conv_1")(x)
         features = jnp.mean(x, axis=(1, 2))
         if self.emulate_uint8:
             qp = self.variable("quant", "avgpool", lambda: jnp.array([1.0, 0.0], jnp.float32)).value
             features = _fake_quant(features, qp[0].astype(x.dtype), qp[1].astype(x.dtype))
-        logits = nn.Dense(self.num_classes, dtype=x.dtype, param_dtype=x.dtype, name="Logits")(features)
-        return {"features": features, "logits": logits}
+        if "Conv_1" in want:
+            blocks["Conv_1"] = features
+        out = {"features": features, "blocks": blocks}
+        if self.num_classes:
+            out["logits"] = nn.Dense(self.num_classes, dtype=x.dtype, param_dtype=x.dtype, name="Logits")(features)
+        return out
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -453,18 +501,21 @@ def num_params(variables) -> int:
     return int(sum(np.size(x) for x in jax.tree_util.tree_leaves(variables["params"])))
 
 
-def make_apply_fn(variables, *, emulate_uint8: bool = False):
-    """A jitted ``images -> {"features", "logits"}`` for normalised ``(n, 224, 224, 3)`` float images.
+def make_apply_fn(variables, *, emulate_uint8: bool = False, pool_blocks=()):
+    """A jitted ``images -> {"features", "logits", "blocks"}`` for normalised ``(n, 224, 224, 3)`` float images.
 
     Args:
         variables: from :func:`load_tflite_params` (``dtype=jnp.bfloat16`` gives a bf16 network: images are
-            cast to the weights' dtype and the outputs come back in it).
+            cast to the weights' dtype and the outputs come back in it) or :func:`load_backbone_params` (no
+            logits: the output has none).
         emulate_uint8: see :class:`MobileNetV2`.
+        pool_blocks: layers whose pooled outputs are returned under ``"blocks"`` (see :class:`MobileNetV2`).
 
     Returns:
         ``apply(x) -> dict`` (jitted; weights are closed-over constants of the variables' dtype).
     """
-    model = MobileNetV2(emulate_uint8=emulate_uint8)
+    model = MobileNetV2(emulate_uint8=emulate_uint8, pool_blocks=check_pool_blocks(pool_blocks),
+                        num_classes=NUM_CLASSES if "Logits" in variables["params"] else 0)
     if emulate_uint8 and "quant" not in variables:
         raise ValueError("emulate_uint8=True needs the 'quant' collection of a quantised TFLite file")
     used = variables if emulate_uint8 else {"params": variables["params"]}
@@ -479,3 +530,114 @@ def make_apply_fn(variables, *, emulate_uint8: bool = False):
         return model.apply(v, x)
 
     return lambda x: apply(used, x)
+
+
+TTA_MODES = ("none", "flip")
+
+
+def make_feature_fn(variables, *, emulate_uint8: bool = False, pool_blocks=(), block_norm: str = "none",
+                    tta: str = "none"):
+    r"""A jitted ``images -> (n, dim)`` feature function: pooled blocks, view averaging, per-block normalisation.
+
+    For each view :math:`v` of an image (``tta="none"``: the image; ``"flip"``: it and its horizontal mirror
+    ``x[:, :, ::-1]``) the network's pooled outputs :math:`g_b(v)` of the layers ``pool_blocks`` (default: the
+    1280-d ``"Conv_1"``, the plain pre-logits feature) are averaged over the views,
+    :math:`\bar g_b = \frac{1}{|V|}\sum_v g_b(v)`, then each block is normalised (``block_norm``) and the blocks
+    are concatenated in the order given (:func:`concat_blocks`).
+
+    Returns:
+      ``(apply, dim)``: ``apply(x) -> (n, dim)`` for normalised ``(n, S, S, 3)`` images, and ``dim``.
+    """
+    blocks = check_pool_blocks(pool_blocks or ("Conv_1",))
+    if tta not in TTA_MODES:
+        raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
+    if block_norm not in BLOCK_NORMS:
+        raise ValueError(f"block_norm must be one of {BLOCK_NORMS}, got {block_norm!r}")
+    net = make_apply_fn(variables, emulate_uint8=emulate_uint8, pool_blocks=blocks)
+
+    def apply(x):
+        pooled = net(x)["blocks"]
+        if tta == "flip":
+            mirrored = net(x[:, :, ::-1, :])["blocks"]
+            pooled = {b: (pooled[b] + mirrored[b]) / 2 for b in blocks}
+        return concat_blocks(pooled, blocks, block_norm=block_norm)
+
+    return apply, int(sum(POOLABLE[b] for b in blocks))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Fine-tuned weights (npz export / import)
+# ----------------------------------------------------------------------------------------------------------
+
+FINETUNED_FORMAT = "dcca_jax.mobilenet_v2.params/1"
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": leaf}} -> {"a/b": leaf}``."""
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}/"))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _reference_shapes() -> dict[str, tuple[int, ...]]:
+    """Shape of every backbone parameter (logits excluded), from an abstract ``MobileNetV2().init``."""
+    shapes = jax.eval_shape(lambda: MobileNetV2().init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
+    return {k: tuple(v.shape) for k, v in _flatten(shapes["params"]).items() if not k.startswith("Logits/")}
+
+
+def save_backbone_params(path: str | os.PathLike, params: dict, *, meta: dict | None = None) -> None:
+    """Write a MobileNetV2 backbone params tree (folded batch norm; logits dropped) as an npz.
+
+    Keys are ``"<layer>/<conv>/<kernel|bias>"`` paths of :func:`load_tflite_params`'s tree plus
+    ``__format__`` and ``__meta__`` (JSON), so :func:`load_backbone_params` can check the file.
+    """
+    import json
+
+    from dcca_jax import _io
+
+    flat = {k: np.asarray(v) for k, v in _flatten(params).items() if not k.startswith("Logits/")}
+    ref = _reference_shapes()
+    bad = sorted(set(ref) ^ set(flat)) or [k for k in ref if tuple(flat[k].shape) != ref[k]]
+    if bad:
+        raise ValueError(f"params are not a MobileNetV2 1.0 backbone (folded batch norm): mismatched {bad[:5]}")
+    _io.atomic_save_npz(path, __format__=np.array(FINETUNED_FORMAT),
+                        __meta__=np.array(json.dumps(meta or {})), **{k: v.astype(np.float32) for k, v in flat.items()})
+
+
+def load_backbone_params(path: str | os.PathLike, *, dtype=jnp.float32) -> dict[str, Any]:
+    """Read :func:`save_backbone_params`' npz back as Flax variables ``{"params": ...}`` (no logits).
+
+    Raises:
+        FileNotFoundError: no file at ``path`` (the message says how such a file is made).
+        ValueError: not such a file, or a layer is missing or has the wrong shape (named).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"fine-tuned MobileNetV2 weights not found: {path} (written as "
+                                "<workdir>/finetune_seed<k>/finetuned_backbone.npz by experiments/finetune_corel5k.py)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as e:  # noqa: BLE001 - zipfile / numpy raise assorted errors on garbage
+        raise ValueError(f"{path}: not a readable npz of fine-tuned MobileNetV2 weights ({e})") from e
+    fmt = str(arrays.pop("__format__", ""))
+    arrays.pop("__meta__", None)
+    if fmt != FINETUNED_FORMAT:
+        raise ValueError(f"{path}: not a fine-tuned MobileNetV2 weights file (format {fmt!r}, expected "
+                         f"{FINETUNED_FORMAT!r}); export one with dcca_jax.visual.mobilenet.save_backbone_params")
+    ref = _reference_shapes()
+    missing = sorted(set(ref) - set(arrays))
+    extra = sorted(set(arrays) - set(ref))
+    wrong = [f"{k} {arrays[k].shape} (expected {ref[k]})" for k in ref if k in arrays and arrays[k].shape != ref[k]]
+    if missing or extra or wrong:
+        raise ValueError(f"{path}: not MobileNetV2 1.0 backbone weights: missing {missing[:3]}, unexpected "
+                         f"{extra[:3]}, wrong shape {wrong[:3]}")
+    params: dict = {}
+    for k, v in arrays.items():
+        parts = k.split("/")
+        _set(params, tuple(parts[:-1]), parts[-1], jnp.asarray(v, dtype))
+    return {"params": params}

@@ -223,6 +223,11 @@ def _run(config, workdir: pathlib.Path) -> dict[str, Any]:
                                             val_idx=val_idx, workdir=workdir / name, fit_boundary=train_b[fit_idx],
                                             val_boundary=train_b[val_idx])
                 b_train, b_test = train_b, test_b
+            if method == "finetune":  # the whole CNN, as the frozen pipeline's mobilenet_v2.finetuned_checkpoint
+                mobilenet.save_backbone_params(workdir / name / "finetuned_backbone.npz",
+                                               finetune.finetuned_backbone(res.model, backbone),
+                                               meta={"seed": int(seed), "size": int(c.augment.size),
+                                                     "trainable_from": c.trainable_from, "best_epoch": res.best_epoch})
             h_v, h_s = dcca_outputs(res.model, b_train, b_test)
             r = protocol_metrics(config, c, h_v, h_s, y_tr, y_te, fit_idx, val_idx)
             done(name, {"method": method, "seed": int(seed), "features": "frozen" if method == "frozen_dcca"

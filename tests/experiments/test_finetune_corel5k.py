@@ -36,6 +36,13 @@ def test_study_runs_on_test_config(tmp_path):
     assert "finetune_seed1 - linear_cca" in res["bootstrap"]
     assert json.loads((tmp_path / "results.json").read_text())["summary"]["finetune"]["n_runs"] == 2
     assert "| finetune |" in (tmp_path / "results.md").read_text()
+    # the fine-tuned CNN is exported for the frozen pipeline: trained layers changed, frozen ones not
+    from dcca_jax.visual import mobilenet
+    ft = mobilenet.load_backbone_params(tmp_path / "finetune_seed0" / "finetuned_backbone.npz")["params"]
+    pre = mobilenet.load_tflite_params(c.weights)["params"]
+    np.testing.assert_allclose(ft["Conv"]["conv"]["kernel"], pre["Conv"]["conv"]["kernel"], rtol=1e-6)
+    trained = res["runs"]["finetune_seed0"]["best_epoch"] >= 0  # -1: the starting point was kept
+    assert np.allclose(ft["Conv_1"]["conv"]["kernel"], pre["Conv_1"]["conv"]["kernel"]) != trained
     # a rerun resumes: nothing is retrained, the results are the same
     again = finetune_corel5k.run_finetune_corel5k(c, str(tmp_path))
     assert again["runs"]["finetune_seed0"]["test"] == res["runs"]["finetune_seed0"]["test"]

@@ -156,3 +156,45 @@ def test_uint8_backbone_gets_unpadded_uint8_images(image_files):
     want = [images.load_image(p, size=SIZE, crop_fraction=1.0).astype(np.float64).mean() for p in
             np.asarray(image_files)[res.ok]]
     np.testing.assert_allclose(res.features[res.ok, 0], want, rtol=1e-6)
+
+
+def test_mobilenet_levers_through_config_change_features_and_fingerprint(image_files, tmp_path):
+    from dcca_jax.visual import mobilenet
+    from tests.visual.test_mobilenet import _random_params
+
+    params = _random_params()
+    mobilenet.save_backbone_params(tmp_path / "a.npz", params)
+    tweaked = jax.tree_util.tree_map(lambda a: a, params)
+    tweaked["Conv_1"] = {"conv": {"kernel": params["Conv_1"]["conv"]["kernel"] * 1.5,
+                                  "bias": params["Conv_1"]["conv"]["bias"]}}
+    mobilenet.save_backbone_params(tmp_path / "b.npz", tweaked)
+    cfg = extract.backbone_config()
+    cfg.mobilenet_v2.finetuned_checkpoint = str(tmp_path / "a.npz")
+    cfg.mobilenet_v2.input_size = 32
+    cfg.crop_fraction = 1.0
+    bb_a = extract.build_backbone(cfg)
+    assert bb_a.needs_jax and bb_a.dim == 1280 and bb_a.preprocess.size == 32
+    engine, why = extract.resolve_engine(cfg)  # "auto": a lever keeps MobileNetV2 on the JAX port
+    assert bb_a.engine == engine == "jax" and "finetuned_checkpoint" in why and "input_size" in why
+    paths = [p for i, p in enumerate(image_files[:5]) if i != 3]
+    res_a = extract.extract_features(paths, backbone=bb_a, batch_size=4, cache_dir=tmp_path / "cache")
+    x = np.stack([images.normalise(images.load_image(p, size=32, crop_fraction=1.0), normalisation="mobilenet_v2")
+                  for p in paths])
+    want = mobilenet.make_apply_fn({"params": params})(x)["features"]  # the saved weights, applied directly
+    np.testing.assert_allclose(res_a.features, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+    cfg.mobilenet_v2.finetuned_checkpoint = str(tmp_path / "b.npz")
+    bb_b = extract.build_backbone(cfg)
+    assert bb_b.fingerprint["weights_sha256"] != bb_a.fingerprint["weights_sha256"]
+    assert not np.allclose(extract.extract_features(paths, backbone=bb_b, batch_size=4).features, res_a.features)
+    cfg.mobilenet_v2.finetuned_checkpoint = str(tmp_path / "a.npz")
+    cfg.mobilenet_v2.pool_blocks = ("expanded_conv_16", "Conv_1")
+    cfg.mobilenet_v2.block_norm = "l2"
+    cfg.mobilenet_v2.tta = "flip"
+    bb_c = extract.build_backbone(cfg)
+    assert bb_c.dim == 1600 and {"pool_blocks", "block_norm", "tta"} <= set(bb_c.fingerprint)
+    with pytest.raises(ValueError, match="different job"):  # the cache index tells the levers apart
+        extract.extract_features(paths, backbone=bb_c, batch_size=4, cache_dir=tmp_path / "cache")
+    assert extract.changed_levers(extract.backbone_config().mobilenet_v2) == {}
+    cfg.mobilenet_v2.finetuned_checkpoint = str(tmp_path / "missing.npz")
+    with pytest.raises(FileNotFoundError, match="missing.npz"):
+        extract.build_backbone(cfg)

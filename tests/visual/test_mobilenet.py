@@ -169,3 +169,93 @@ def test_uint8_emulation_agrees_on_200_photos_through_extract():
     ref, _ = _tflite_outputs(model_path, images.load_batch(paths).images, "xnnpack")
     cos = np.sum(res.features * ref, 1) / np.linalg.norm(res.features, axis=1) / np.linalg.norm(ref, axis=1)
     assert cos.min() >= 0.99, np.sort(cos)[:5]
+
+
+# ---------------------------------------------------------------------------------------------- feature levers
+@functools.lru_cache(maxsize=1)
+def _random_params():
+    """A randomly initialised backbone (no logits), read-only: the levers are weight-agnostic."""
+    shapes = jax.eval_shape(mobilenet.MobileNetV2(num_classes=0).init, jax.random.key(1), jnp.zeros((1, 32, 32, 3)))
+    rng = np.random.default_rng(1)  # He-scaled numpy draws: flax's init compiles for about a minute on 2 cores
+
+    def draw(s):
+        fan_in = int(np.prod(s.shape[:-1])) if len(s.shape) > 1 else 0
+        return jnp.asarray(rng.normal(0, np.sqrt(2 / fan_in), s.shape) if fan_in else rng.normal(0, 0.1, s.shape),
+                           jnp.float32)
+
+    return jax.tree_util.tree_map(draw, shapes["params"])
+
+
+def _images(n=3, size=32, seed=0):
+    return np.random.default_rng(seed).uniform(-1, 1, (n, size, size, 3)).astype(np.float32)
+
+
+def test_pool_blocks_shapes_and_the_1280_part_is_the_plain_feature():
+    from dcca_jax.finetune import BackboneSegment, LAYERS
+
+    v = {"params": _random_params()}
+    x = _images()
+    out = mobilenet.make_apply_fn(v, pool_blocks=tuple(mobilenet.POOLABLE))(x)
+    assert "logits" not in out and set(out["blocks"]) == set(mobilenet.POOLABLE)
+    for name, width in mobilenet.POOLABLE.items():
+        assert out["blocks"][name].shape == (3, width)
+    np.testing.assert_array_equal(out["blocks"]["Conv_1"], out["features"])
+    # an independent forward pass up to expanded_conv_12 (the fine-tuning module), pooled in numpy
+    stop = LAYERS.index("expanded_conv_12") + 1
+    seg = jax.jit(BackboneSegment(0, stop).apply)({"params": {n: v["params"][n] for n in LAYERS[:stop]}}, x)
+    np.testing.assert_allclose(out["blocks"]["expanded_conv_12"], np.asarray(seg).mean(axis=(1, 2)), rtol=1e-5,
+                               atol=1e-6)
+    blocks = ("expanded_conv_16", "Conv_1")
+    want = np.concatenate([np.asarray(out["blocks"][b]) / np.linalg.norm(out["blocks"][b], axis=1, keepdims=True)
+                           for b in blocks], axis=1)
+    np.testing.assert_allclose(mobilenet.concat_blocks(out["blocks"], blocks, block_norm="l2"), want, rtol=1e-6)
+    np.testing.assert_array_equal(mobilenet.concat_blocks(out["blocks"], ("Conv_1",)), out["features"])
+    with pytest.raises(ValueError, match="expanded_conv_99"):
+        mobilenet.make_feature_fn(v, pool_blocks=("expanded_conv_99",))
+    with pytest.raises(ValueError, match="block_norm"):
+        mobilenet.make_feature_fn(v, block_norm="zscore")
+
+
+def test_flip_tta_is_the_mean_of_the_image_and_its_mirror():
+    v = {"params": _random_params()}
+    x = _images(seed=2)
+    flip, dim = mobilenet.make_feature_fn(v, pool_blocks=("expanded_conv_15", "Conv_1"), tta="flip")
+    assert dim == 160 + 1280
+    mirrored = np.ascontiguousarray(np.flip(x, axis=2))
+    # the plain network on both (one compiled function): the image and its numpy mirror in one batch
+    both = mobilenet.make_apply_fn(v, pool_blocks=("expanded_conv_15", "Conv_1"))(np.concatenate([x, mirrored]))
+    plain = np.concatenate([np.asarray(both["blocks"][b]) for b in ("expanded_conv_15", "Conv_1")], axis=1)
+    want = (plain[:len(x)] + plain[len(x):]) / 2
+    np.testing.assert_allclose(flip(x), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())  # float32, batch 3 vs 6
+    assert not np.allclose(plain[:len(x)], want, atol=1e-4)  # random images are not mirror-symmetric
+    with pytest.raises(ValueError, match="tta"):
+        mobilenet.make_feature_fn(v, tta="crops10")
+
+
+def test_backbone_params_round_trip_and_bad_files(tmp_path):
+    params = _random_params()
+    path = tmp_path / "ft.npz"
+    mobilenet.save_backbone_params(path, params, meta={"seed": 0})
+    back = mobilenet.load_backbone_params(path)["params"]
+    flat = lambda t: dict(jax.tree_util.tree_flatten_with_path(t)[0])
+    assert flat(back).keys() == flat(params).keys()
+    for k, a in flat(params).items():  # stored as float32
+        np.testing.assert_array_equal(flat(back)[k], np.asarray(a, np.float32))
+    with pytest.raises(FileNotFoundError, match="finetuned_backbone.npz"):
+        mobilenet.load_backbone_params(tmp_path / "missing.npz")
+    np.savez(tmp_path / "other.npz", a=np.zeros(3))
+    with pytest.raises(ValueError, match="not a fine-tuned MobileNetV2 weights file"):
+        mobilenet.load_backbone_params(tmp_path / "other.npz")
+    (tmp_path / "garbage.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a readable npz"):
+        mobilenet.load_backbone_params(tmp_path / "garbage.npz")
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["Conv_1/conv/kernel"] = arrays["Conv_1/conv/kernel"][..., :640]
+    np.savez(tmp_path / "narrow.npz", **arrays)
+    with pytest.raises(ValueError, match="Conv_1/conv/kernel"):
+        mobilenet.load_backbone_params(tmp_path / "narrow.npz")
+    bad = dict(params)
+    bad.pop("Conv")
+    with pytest.raises(ValueError, match="not a MobileNetV2"):
+        mobilenet.save_backbone_params(tmp_path / "x.npz", bad)
