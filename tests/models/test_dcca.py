@@ -129,6 +129,31 @@ def test_resume_after_interrupt_equals_uninterrupted(nonlinear_pair, tmp_path):
     assert strip(full.history) == strip(resumed.history)
 
 
+def test_checkpoints_at_epoch_ends_when_checkpoint_every_spans_epochs(nonlinear_pair, tmp_path):
+    """checkpoint_every=4 with 3 steps per epoch: saves at the first epoch end after each multiple of 4 (step 6
+    after 4, step 9 after 8), so epochs run whole; a resume still ends bit-identical to an uninterrupted run."""
+    (x_v, x_s), (t_v, t_s) = nonlinear_pair
+    cfg = dict(TINY, epochs=4, checkpoint_every=4, patience=0)
+    assert x_v.shape[0] * (1 - DeepCCA(cfg).config.validation_fraction) // cfg["batch_size"] == 3
+    full = DeepCCA(cfg).fit(x_v, x_s, workdir=tmp_path / "full")
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_at_8(step, metrics):
+        if step == 8:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        DeepCCA(cfg).fit(x_v, x_s, workdir=tmp_path / "resumed", callback=stop_at_8)
+    seen = []
+    resumed = DeepCCA(cfg).fit(x_v, x_s, workdir=tmp_path / "resumed", callback=lambda s, m: seen.append(s))
+    assert seen[0] == 7  # the last checkpoint was the end of epoch 2 (step 6), not step 4 or 8
+    for a, b in zip(jax.tree_util.tree_leaves(full.params), jax.tree_util.tree_leaves(resumed.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_array_equal(np.asarray(full.score(t_v, t_s)), np.asarray(resumed.score(t_v, t_s)))
+
+
 def test_resume_with_a_different_config_is_refused(nonlinear_pair, tmp_path):
     (x_v, x_s), _ = nonlinear_pair
     DeepCCA(dict(TINY, epochs=1)).fit(x_v, x_s, workdir=tmp_path)
