@@ -1,6 +1,6 @@
 r"""TagProp (dcca_jax.tagging.tagprop) on Corel5k features: fit + score time, training loss, validation metrics.
 
-  python experiments/bench/tagprop.py --features=/work/main/runs/corel5k/stages/cnn --epochs=30,90 \
+  python experiments/bench/tagprop.py --features=runs/corel5k/stages/cnn --epochs=30,90 \
       --workdir=results/bench   # -> tagprop_corel5k.json
 
 Fits on the 4000 images of the study's seeded 4000/500 split of the training images (seed 0, as
@@ -20,7 +20,7 @@ from dcca_jax import _io
 from dcca_jax.tagging import metrics, recommend, tagprop
 from experiments.studies import corel5k_baselines as study
 
-_FEATURES = flags.DEFINE_string("features", "/work/main/runs/corel5k/stages/cnn", "Folder with train.npy (4500 rows).")
+_FEATURES = flags.DEFINE_string("features", "runs/corel5k/stages/cnn", "Folder with train.npy (4500 rows).")
 _DATA = flags.DEFINE_string("data_dir", "../shared/data/corel5k", "Corel5k folder (labels).")
 _EPOCHS = flags.DEFINE_list("epochs", ["30", "90"], "Numbers of epochs to try.")
 _K = flags.DEFINE_integer("k", 100, "Neighbours.")

@@ -1,7 +1,7 @@
 r"""The side-by-side table on Corel5k (docs/results.md): every method on one pipeline run's CNN features.
 
   python experiments/corel5k_baselines.py --config=experiments/configs/corel5k_side_by_side.py \
-      --config.pipeline_dir=/work/main/runs/corel5k --config.features_path=/work/main/runs/corel5k/stages/cnn \
+      --config.pipeline_dir=runs/corel5k --config.features_path=runs/corel5k/stages/cnn \
       --config.finetune_preds=<finetune workdir>/test_preds.npz --workdir=runs/corel5k_side_by_side
 
 The features are the run's CNN stage (train.npy, test.npy in list-file order); the DMFR&CCA/KCCA/DCCA and JEC rows
