@@ -416,6 +416,7 @@ def check_extract():
     if _have("corel5k") or _TINY.value:
         paths, _, data = _corel_subset(min(_CORELN.value, 8 if _TINY.value else 10**9))
         cfg = extract.backbone_config()
+        cfg.engine = "jax"  # the device's speed, not the CPU's TFLite interpreter
         if _have("tflite"):
             cfg.mobilenet_v2.tflite_path = str(_paths()["tflite"])
             bb = extract.build_backbone(cfg)

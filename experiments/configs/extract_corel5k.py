@@ -26,6 +26,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.mobilenet_v2.tflite_path = os.path.join(
         SHARED, "models", "mobilenet_v2_1.0_224_quant", "mobilenet_v2_1.0_224_quant.tflite")
     c.model.mobilenet_v2.emulate_uint8 = True
+    # The figures in the docstring came from the JAX port; --config.model.engine=auto runs the TFLite file
+    # through LiteRT on a CPU (about 2x faster, features within cosine ~.999 of these).
+    c.model.engine = "jax"
     c.batch_size = 32
     # A plain 1280-1024-300 ReLU AE overfits 4,050 training rows (held-out variance retained 0.67 against PCA's
     # 0.80); starting at PCA with a residual MLP and a small learning rate gives 0.805.
