@@ -87,8 +87,11 @@ def family_config(kind: str, root: pathlib.Path):
     return cfg
 
 
-CASES = ["vocabulary_2", "vocabulary_3", "vocabulary_23", "vocabulary_1000", "single_tag", "features_8d", "images_40",
-         "tags_beside_images"]
+# The extremes run by default (2 and 1,000 words, single-tag images, 8-d features, 40 images); the middle
+# vocabularies (3, 23 words) only with `make test-slow`, to keep the default suite short.
+_MIDDLE = pytest.mark.slow
+CASES = ["vocabulary_2", pytest.param("vocabulary_3", marks=_MIDDLE), pytest.param("vocabulary_23", marks=_MIDDLE),
+         "vocabulary_1000", "single_tag", "features_8d", "images_40", "tags_beside_images"]
 
 
 @pytest.mark.parametrize("case", CASES)

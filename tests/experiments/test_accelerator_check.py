@@ -11,6 +11,10 @@ import sys
 
 import pytest
 
+# About 100 s on 2 idle cores: `make test-slow` (and before every device run) rather than every `make test`.
+# The library calls the script makes are covered by the default tests of their modules.
+pytestmark = pytest.mark.slow
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "experiments" / "accelerator_check.py"
 CHECKS = ("matmul", "objectives", "linear_cca", "data_parallel", "dcca_mnist", "extract", "finetune", "kcca",
