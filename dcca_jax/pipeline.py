@@ -80,6 +80,19 @@ _UNLISTED = ("key.json", "DONE", MANIFEST, "train")
 
 
 
+def _backbone_config(visual: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+    """The :func:`~dcca_jax.visual.extract.backbone_config` of ``config.visual`` for the CNN backbone ``name``."""
+    b = extract_lib.backbone_config()
+    b.backbone = name
+    b.engine = visual.engine if name == "mobilenet_v2" else "auto"
+    b.mobilenet_v2.tflite_path = visual.tflite_path
+    b.mobilenet_v2.update(dict(visual.get("mobilenet_v2", {})))
+    b.alexnet.weights_path = visual.alexnet_weights
+    b.alexnet.layout = visual.alexnet_layout
+    b.crop_fraction = visual.crop_fraction
+    return b
+
+
 def _mobilenet_levers(visual: ml_collections.ConfigDict) -> dict:
     """The non-default MobileNetV2 levers of ``config.visual`` (fine-tuned weights by content hash)."""
     out = extract_lib.changed_levers(visual.get("mobilenet_v2", ml_collections.ConfigDict()))
@@ -455,10 +468,8 @@ class Pipeline:
             payload["crop_fraction"] = c.crop_fraction
         if name == "mobilenet_v2":
             payload["weights"] = c.tflite_path
-            ecfg = extract_lib.backbone_config()
-            ecfg.engine = c.engine
-            ecfg.mobilenet_v2.update(dict(c.get("mobilenet_v2", {})))
-            payload["engine"] = extract_lib.resolve_engine(ecfg)[0]  # the engines' features differ slightly
+            # the engines' features differ slightly
+            payload["engine"] = extract_lib.resolve_engine(_backbone_config(c, name))[0]
             levers = _mobilenet_levers(c)
             if levers:  # only when set, so the keys of runs without levers stay the same
                 payload["levers"] = levers
@@ -483,14 +494,7 @@ class Pipeline:
                                                              stats=hc_stats, max_pixels=int(c.max_pixels))
                     info["failed"] += [{**f, "split": split_name} for f in failed]
                 else:
-                    bcfg = extract_lib.backbone_config()
-                    bcfg.backbone = name
-                    bcfg.engine = c.engine if name == "mobilenet_v2" else "auto"
-                    bcfg.mobilenet_v2.tflite_path = c.tflite_path
-                    bcfg.alexnet.weights_path = c.alexnet_weights
-                    bcfg.alexnet.layout = c.alexnet_layout
-                    bcfg.crop_fraction = c.crop_fraction
-                    bcfg.mobilenet_v2.update(dict(c.get("mobilenet_v2", {})))
+                    bcfg = _backbone_config(c, name)
                     if name == "mobilenet_v2" and not pathlib.Path(c.tflite_path).exists():
                         raise PipelineError(f"MobileNetV2 TFLite file not found: {c.tflite_path}; set "
                                             "--config.visual.tflite_path or $DCCA_MOBILENET_TFLITE.")

@@ -206,15 +206,16 @@ def build_backbone(config: ml_collections.ConfigDict, *, dtype=jnp.float32) -> B
 
         mc = config.mobilenet_v2
         changed = changed_levers(mc)
+        levers = {**LEVER_DEFAULTS, **changed}
+        finetuned = levers["finetuned_checkpoint"]
+        path = finetuned or mc.tflite_path
+        if not path:
+            raise ValueError("config.mobilenet_v2.tflite_path is empty: point it at mobilenet_v2_1.0_224_quant.tflite")
         engine, why = resolve_engine(config, dtype=dtype)
         logging.info("mobilenet_v2 runs on the %s engine: %s", engine, why)
-        if engine == "litert":
+        if engine == "litert":  # never with a lever (resolve_engine), so path is the TFLite file
             from dcca_jax.visual import litert
 
-            path = mc.tflite_path
-            if not path:
-                raise ValueError("config.mobilenet_v2.tflite_path is empty: point it at "
-                                 "mobilenet_v2_1.0_224_quant.tflite")
             pre = images_lib.Preprocess(size=mobilenet.INPUT_SIZE, crop_fraction=config.crop_fraction,
                                         normalisation="mobilenet_v2")
             net = litert.LiteRTFeatures(path)
@@ -224,17 +225,10 @@ def build_backbone(config: ml_collections.ConfigDict, *, dtype=jnp.float32) -> B
             return Backbone(name, net, pre, net.dim,
                             {"backbone": name, "weights_sha256": file_sha256(path), "engine": "litert"},
                             engine="litert", input_uint8=True)
-        levers = {**LEVER_DEFAULTS, **changed}
-        finetuned = levers["finetuned_checkpoint"]
         if finetuned:
             variables = mobilenet.load_backbone_params(finetuned, dtype=dtype)
-            path = finetuned
             changed["finetuned_checkpoint"] = True  # the weights hash below identifies the file
         else:
-            path = mc.tflite_path
-            if not path:
-                raise ValueError("config.mobilenet_v2.tflite_path is empty: point it at "
-                                 "mobilenet_v2_1.0_224_quant.tflite")
             variables = mobilenet.load_tflite_params(path, dtype=dtype)
         emulate = bool(mc.emulate_uint8) and "quant" in variables
         fn, dim = mobilenet.make_feature_fn(variables, emulate_uint8=emulate, pool_blocks=levers["pool_blocks"],
